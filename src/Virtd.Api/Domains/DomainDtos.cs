@@ -1,0 +1,41 @@
+using Virtd.Core.Domains;
+using Virtd.Core.Jobs;
+
+namespace Virtd.Api.Domains;
+
+/// <summary>A domain: runtime state plus its definition (what <c>PUT</c> takes back).</summary>
+public sealed record DomainDto(
+    string Name,
+    Guid Uuid,
+    DriverKind Driver,
+    DomainState State,
+    string Reason,
+    DateTimeOffset StateChangedAt,
+    DateTimeOffset? StartedAt,
+    int? Pid,
+    bool PendingChanges,
+    GateJobDto? CurrentJob,
+    DomainDefinition Definition,
+    DomainDefinition? LiveDefinition)
+{
+    public static DomainDto From(DomainObject d, DomainView v)
+    {
+        var holder = d.Gate.Snapshot();
+        var pending = v.PendingChanges;
+        var r = v.Runtime;
+        return new DomainDto(d.Name, d.Uuid, v.Definition.Driver ?? DriverKind.Simulated, r.State, r.Reason, r.ChangedAt, r.StartedAt, r.Pid,
+            pending, holder.Holder is { } h ? GateJobDto.From(h, holder.HeldSince!.Value) : null,
+            v.Definition, pending ? v.Live : null);
+    }
+}
+
+public sealed record DomainListDto(int Count, IReadOnlyList<DomainDto> Items);
+
+/// <summary>A job as seen from a gate: the holder (since when) or a queued one (since it was queued).</summary>
+public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeOffset Since)
+{
+    public static GateJobDto From(Job j, DateTimeOffset since) => new(j.Id, j.Kind, j.State, since);
+}
+
+/// <summary><c>GET /domains/{id}/gate</c>: who holds the domain's job gate and what waits.</summary>
+public sealed record GateDto(string Domain, GateJobDto? Holder, double? HeldSeconds, IReadOnlyList<GateJobDto> Queued);

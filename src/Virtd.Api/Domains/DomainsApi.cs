@@ -1,0 +1,140 @@
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Virtd.Api.Errors;
+using Virtd.Api.Jobs;
+using Virtd.Core.Domains;
+using Virtd.Core.Errors;
+
+namespace Virtd.Api.Domains;
+
+public static class DomainsApi
+{
+    public static IEndpointRouteBuilder MapDomainsApi(this IEndpointRouteBuilder app)
+    {
+        var g = app.MapGroup("/api/v1/domains").WithTags("Domains");
+
+        g.MapGet("", ListDomains).WithName("ListDomains").WithSummary("List domains, optionally by state and driver")
+            .ProducesValidationProblem();
+        g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
+            .Problems(400, 409, 413, 415, 503);
+        g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
+            .Problems(404);
+        g.MapPut("/{id}", UpdateDomainAsync).WithName("UpdateDomain")
+            .WithSummary("Replace a definition; If-Match honoured; a running domain takes it at next start")
+            .Problems(400, 404, 409, 412, 413, 415, 503);
+        g.MapDelete("/{id}", UndefineDomainAsync).WithName("UndefineDomain").WithSummary("Undefine a domain (409 while active)")
+            .Problems(404, 409, 412, 503);
+        g.MapGet("/{id}/gate", GetGate).WithName("GetDomainGate").WithSummary("Who holds the domain's job gate, since when, and what is queued")
+            .Problems(404);
+
+        Action(g, "start", DomainAction.Start, "Start the domain");
+        g.MapPost("/{id}/shutdown", ShutdownAsync).WithName("ShutdownDomain").ActionMetadata("ACPI power button; waits up to timeout, then fails or (force) destroys");
+        Action(g, "reboot", DomainAction.Reboot, "ACPI reboot, honouring onReboot");
+        Action(g, "reset", DomainAction.Reset, "Hard reset");
+        Action(g, "suspend", DomainAction.Suspend, "Pause the domain's CPUs");
+        Action(g, "resume", DomainAction.Resume, "Resume a paused domain");
+        g.MapPost("/{id}/destroy", DestroyAsync).WithName("DestroyDomain").ActionMetadata("SIGTERM, wait timeout, SIGKILL unless graceful; a priority job");
+        return app;
+    }
+
+    private static void Action(RouteGroupBuilder g, string name, DomainAction action, string summary) =>
+        g.MapPost("/{id}/" + name, (string id, int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct) =>
+                SubmitAsync(id, action, null, wait, http, svc, life, ct))
+            .WithName(char.ToUpperInvariant(name[0]) + name[1..] + "Domain").ActionMetadata(summary);
+
+    private static RouteHandlerBuilder ActionMetadata(this RouteHandlerBuilder b, string summary) =>
+        b.WithSummary(summary + ". Answers 202 with the queued job; with ?wait=N (≤ 300 s) waits and answers 200 once it has finished.")
+            .Problems(400, 404, 409, 429, 503);
+
+    internal static RouteHandlerBuilder Problems(this RouteHandlerBuilder b, params int[] statuses)
+    {
+        foreach (var s in statuses) b.ProducesProblem(s);
+        return b;
+    }
+
+    public static Ok<DomainListDto> ListDomains(string? state, string? driver, DomainService svc)
+    {
+        var stateFilter = EnumText.ParseQuery<DomainState>("state", state);
+        var driverFilter = EnumText.ParseQuery<DriverKind>("driver", driver);
+        var list = svc.Registry.List();
+        list.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        var items = new List<DomainDto>(list.Count);
+        foreach (var d in list)
+        {
+            var v = d.View;
+            if (stateFilter is { } s && v.Runtime.State != s) continue;
+            if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;
+            items.Add(DomainDto.From(d, v));
+        }
+        return TypedResults.Ok(new DomainListDto(items.Count, items));
+    }
+
+    public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc)
+    {
+        var d = svc.Get(id);
+        var v = d.View;
+        http.Response.Headers.ETag = v.ETag;
+        return TypedResults.Ok(DomainDto.From(d, v));
+    }
+
+    public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, CancellationToken ct)
+    {
+        var d = await svc.DefineAsync(definition, ct).ConfigureAwait(false);
+        var v = d.View;
+        http.Response.Headers.ETag = v.ETag;
+        return TypedResults.Created($"/api/v1/domains/{Uri.EscapeDataString(d.Name)}", DomainDto.From(d, v));
+    }
+
+    public static async Task<Ok<DomainDto>> UpdateDomainAsync(string id, DomainDefinition definition, [FromHeader(Name = "If-Match")] string? ifMatch,
+        HttpContext http, DomainService svc, CancellationToken ct)
+    {
+        var d = await svc.UpdateAsync(id, definition, ifMatch, ct).ConfigureAwait(false);
+        var v = d.View;
+        http.Response.Headers.ETag = v.ETag;
+        return TypedResults.Ok(DomainDto.From(d, v));
+    }
+
+    public static async Task<NoContent> UndefineDomainAsync(string id, [FromHeader(Name = "If-Match")] string? ifMatch, DomainService svc, CancellationToken ct)
+    {
+        await svc.UndefineAsync(id, ifMatch, ct).ConfigureAwait(false);
+        return TypedResults.NoContent();
+    }
+
+    public static Ok<GateDto> GetGate(string id, DomainService svc, TimeProvider time)
+    {
+        var d = svc.Get(id);
+        var g = d.Gate.Snapshot();
+        var now = time.GetUtcNow();
+        return TypedResults.Ok(new GateDto(d.Name,
+            g.Holder is { } h ? GateJobDto.From(h, g.HeldSince!.Value) : null,
+            g.HeldSince is { } since ? Math.Round((now - since).TotalSeconds, 3) : null,
+            g.Queued.Select(j => GateJobDto.From(j, j.CreatedAt)).ToList()));
+    }
+
+    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> ShutdownAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] ShutdownRequest? body,
+        int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        CheckTimeout("timeout", body?.Timeout);
+        return SubmitAsync(id, DomainAction.Shutdown, body, wait, http, svc, life, ct);
+    }
+
+    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> DestroyAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] DestroyRequest? body,
+        int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        CheckTimeout("timeout", body?.Timeout);
+        return SubmitAsync(id, DomainAction.Destroy, body, wait, http, svc, life, ct);
+    }
+
+    private static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> SubmitAsync(string id, DomainAction action, object? body, int? wait,
+        HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        JobsApi.CheckWait(wait);
+        var job = svc.SubmitAction(id, action, body);
+        return await JobsApi.RespondAsync(job, wait, http, life, ct).ConfigureAwait(false);
+    }
+
+    private static void CheckTimeout(string field, int? seconds)
+    {
+        if (seconds is < 0 or > 3600) throw VirtdException.Validation(field, "must be between 0 and 3600 seconds");
+    }
+}

@@ -1,0 +1,43 @@
+using Virtd.Core.Configuration;
+using Virtd.Core.Events;
+
+namespace Virtd.Api.Hosting;
+
+/// <summary>A configuration value that cannot be used; the daemon exits with code 2 and this message.</summary>
+public sealed class ConfigurationException(string message) : Exception(message);
+
+/// <summary>All options, bound and checked together.</summary>
+public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events)
+{
+    /// <summary>Binds every section; a value of the wrong type or out of range throws <see cref="ConfigurationException"/> naming the key.</summary>
+    public static VirtdConfiguration Bind(IConfiguration configuration)
+    {
+        try
+        {
+            var virtd = configuration.Get<VirtdOptions>() ?? new VirtdOptions();
+            var storage = new StorageOptions();
+            configuration.GetSection("Storage").Bind(storage);
+            if (storage.Pools.Count == 0) storage.Pools.Add(Path.Combine(virtd.StateDirectory, "images"));
+            var jobs = new JobsOptions();
+            configuration.GetSection("Jobs").Bind(jobs);
+            var sim = new SimulatedOptions();
+            configuration.GetSection("Simulated").Bind(sim);
+            var events = new EventsOptions();
+            configuration.GetSection("Events").Bind(events);
+            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim);
+            if (events.ReplayBuffer is < 1 or > 10_000_000) errors.Add("Events:ReplayBuffer: must be between 1 and 10000000");
+            if (events.SubscriberQueue is < 1 or > 10_000_000) errors.Add("Events:SubscriberQueue: must be between 1 and 10000000");
+            if (events.HeartbeatSeconds is < 1 or > 3600) errors.Add("Events:HeartbeatSeconds: must be between 1 and 3600");
+            if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
+            return new VirtdConfiguration(virtd, storage, jobs, sim, events);
+        }
+        catch (InvalidOperationException e)
+        {
+            // The binder's message names the key: "Failed to convert configuration value at 'Jobs:Workers' to type 'System.Int32'."
+            throw new ConfigurationException("invalid configuration: " + e.Message);
+        }
+    }
+
+    /// <summary>Resolving the options is what checks them; done first thing at start.</summary>
+    public static VirtdConfiguration Resolve(IServiceProvider services) => services.GetRequiredService<VirtdConfiguration>();
+}

@@ -1,0 +1,59 @@
+using Virtd.Core;
+using Virtd.Core.Configuration;
+using Virtd.Core.Domains;
+using Virtd.Core.Drivers;
+using Virtd.Core.Events;
+using Virtd.Core.Jobs;
+using Virtd.Core.Persistence;
+using Virtd.Drivers.Simulated;
+
+namespace Virtd.Api.Hosting;
+
+public static class VirtdHostingExtensions
+{
+    /// <summary>Request bodies larger than this get 413 <c>payload-too-large</c>.</summary>
+    public const long MaxRequestBodyBytes = 1024 * 1024;
+
+    /// <summary>Configuration sources, options, the core services and the daemon's hosted service.</summary>
+    public static IHostApplicationBuilder AddVirtdCore(this IHostApplicationBuilder builder, string[] args)
+    {
+        // Every key works as VIRTD_Key (sections with __) and as --Key value; the command line wins.
+        builder.Configuration.AddEnvironmentVariables("VIRTD_");
+        builder.Configuration.AddCommandLine(args);
+
+        var s = builder.Services;
+        s.AddSingleton(TimeProvider.System);
+        s.AddSingleton(sp => VirtdConfiguration.Bind(sp.GetRequiredService<IConfiguration>()));
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Virtd);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Storage);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Jobs);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
+
+        s.AddSingleton<EventBus>();
+        s.AddSingleton<DomainRegistry>();
+        s.AddSingleton<JobStore>();
+        s.AddSingleton<JobScheduler>();
+        s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
+        s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
+        s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
+        s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
+        s.AddSingleton<DomainLifecycle>();
+        s.AddSingleton<DomainService>();
+        s.AddSingleton<DaemonStatus>();
+        s.AddHostedService<VirtdDaemon>();
+
+        s.ConfigureHttpJsonOptions(o => VirtdJson.Configure(o.SerializerOptions));
+        s.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
+        s.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
+        s.AddProblemDetails();
+        return builder;
+    }
+
+    public static IHostApplicationBuilder AddSimulatedDriver(this IHostApplicationBuilder builder)
+    {
+        builder.Services.AddSingleton<SimulatedDriver>();
+        builder.Services.AddSingleton<IHypervisorDriver>(sp => sp.GetRequiredService<SimulatedDriver>());
+        return builder;
+    }
+}

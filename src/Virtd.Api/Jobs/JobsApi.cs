@@ -1,0 +1,108 @@
+using Microsoft.AspNetCore.Http.HttpResults;
+using Virtd.Api.Domains;
+using Virtd.Api.Errors;
+using Virtd.Core.Domains;
+using Virtd.Core.Errors;
+using Virtd.Core.Jobs;
+
+namespace Virtd.Api.Jobs;
+
+public sealed record JobDto(
+    Guid Id,
+    JobKind Kind,
+    string Domain,
+    Guid DomainUuid,
+    JobState State,
+    DateTimeOffset CreatedAt,
+    DateTimeOffset? StartedAt,
+    DateTimeOffset? FinishedAt,
+    JobResult? Result,
+    JobError? Error)
+{
+    public static JobDto From(Job j)
+    {
+        // Read the final fields only once the state says they are set.
+        var state = j.State;
+        var finished = state >= JobState.Succeeded;
+        return new JobDto(j.Id, j.Kind, j.Domain.Name, j.Domain.Uuid, state, j.CreatedAt, j.StartedAt,
+            finished ? j.FinishedAt : null, finished ? j.Result : null, finished ? j.Error : null);
+    }
+}
+
+public sealed record JobListDto(int Count, IReadOnlyList<JobDto> Items);
+
+public static class JobsApi
+{
+    public const int MaxWaitSeconds = 300;
+
+    public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder app)
+    {
+        var g = app.MapGroup("/api/v1/jobs").WithTags("Jobs");
+        g.MapGet("", ListJobs).WithName("ListJobs").WithSummary("Recent jobs, newest first; filters domain, state; limit (default 100, ≤ 10000)")
+            .Problems(400);
+        g.MapGet("/{jobId}", GetJobAsync).WithName("GetJob").WithSummary("One job; ?wait=N long-polls up to N s (≤ 300) for it to finish")
+            .Problems(400, 404);
+        g.MapDelete("/{jobId}", CancelJob).WithName("CancelJob")
+            .WithSummary("Cancel a queued job, or a running start, shutdown or reboot; 409 once finished or when not cancellable")
+            .Problems(404, 409);
+        return app;
+    }
+
+    public static Ok<JobListDto> ListJobs(string? domain, string? state, int? limit, JobStore store, DomainService svc)
+    {
+        var stateFilter = EnumText.ParseQuery<JobState>("state", state);
+        if (limit is < 1 or > 10_000) throw VirtdException.Validation("limit", "must be between 1 and 10000");
+        Guid? uuid = null;
+        if (domain is not null) uuid = svc.Registry.Find(domain)?.Uuid ?? (Guid.TryParse(domain, out var u) ? u : null);
+        var jobs = store.List(j =>
+            !j.Inline
+            && (domain is null || j.Domain.Name == domain || j.Domain.Uuid == uuid)
+            && (stateFilter is null || j.State == stateFilter), limit ?? 100);
+        return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList()));
+    }
+
+    public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        CheckWait(wait);
+        var job = Find(jobId, store);
+        if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
+        return TypedResults.Ok(JobDto.From(job));
+    }
+
+    public static Accepted<JobDto> CancelJob(string jobId, JobStore store, JobScheduler scheduler)
+    {
+        var job = Find(jobId, store);
+        if (!scheduler.Cancel(job, "cancelled by request"))
+            throw new VirtdException(ErrorCodes.JobNotCancellable, 409, "Job not cancellable",
+                $"a running {job.Kind.ToString().ToLowerInvariant()} job cannot be cancelled");
+        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", JobDto.From(job));
+    }
+
+    /// <summary>202 with the job and its Location; with <paramref name="wait"/>, 200 if it finished in time.</summary>
+    public static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> RespondAsync(Job job, int? wait, HttpContext http, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
+        if (wait is > 0 && job.IsFinished) return TypedResults.Ok(JobDto.From(job));
+        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", JobDto.From(job));
+    }
+
+    /// <summary>Waits for the job, the deadline, the client going away, or the daemon stopping: whichever comes first.</summary>
+    private static async Task WaitAsync(Job job, int seconds, IHostApplicationLifetime life, CancellationToken ct)
+    {
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.ApplicationStopping);
+        try
+        {
+            await job.Finished.WaitAsync(TimeSpan.FromSeconds(seconds), linked.Token).ConfigureAwait(false);
+        }
+        catch (TimeoutException) { }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
+    }
+
+    internal static void CheckWait(int? wait)
+    {
+        if (wait is < 0 or > MaxWaitSeconds) throw VirtdException.Validation("wait", $"must be between 0 and {MaxWaitSeconds} seconds");
+    }
+
+    private static Job Find(string jobId, JobStore store) =>
+        Guid.TryParse(jobId, out var id) && store.Find(id) is { Inline: false } job ? job : throw VirtdException.JobNotFound(jobId);
+}

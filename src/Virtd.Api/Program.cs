@@ -1,0 +1,35 @@
+using Virtd.Api.Domains;
+using Virtd.Api.Errors;
+using Virtd.Api.Host;
+using Virtd.Api.Hosting;
+using Virtd.Api.Jobs;
+
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+builder.AddVirtdCore(args);
+builder.AddSimulatedDriver();
+builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
+builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
+{
+    doc.Info.Title = "virtd";
+    doc.Info.Version = "v1";
+    doc.Info.Description = "Manage QEMU virtual machines over REST. Actions are jobs: 202 + Location, or ?wait=N.";
+    return Task.CompletedTask;
+}));
+
+var app = builder.Build();
+app.UseVirtdProblems();
+app.UseShutdownGate();
+app.MapOpenApi("/openapi/{documentName}.json");
+app.UseSwaggerUI(o =>
+{
+    o.RoutePrefix = "swagger";
+    o.SwaggerEndpoint("/openapi/v1.json", "virtd v1");
+});
+app.MapHostApi();
+app.MapDomainsApi();
+app.MapJobsApi();
+
+return await DaemonRunner.RunAsync(app);
+
+/// <summary>Entry point type, for WebApplicationFactory.</summary>
+public partial class Program;

@@ -1,0 +1,30 @@
+namespace Virtd.Core.Configuration;
+
+/// <summary>
+/// Checks every option on start. Messages name the configuration key so that a bad
+/// <c>--Jobs:Workers 0</c> or <c>VIRTD_Jobs__Workers=0</c> is easy to find.
+/// </summary>
+public static class OptionsValidation
+{
+    public static List<string> Validate(VirtdOptions o, StorageOptions s, JobsOptions j, SimulatedOptions sim)
+    {
+        var errors = new List<string>();
+        void Check(bool ok, string key, string message) { if (!ok) errors.Add($"{key}: {message}"); }
+
+        Check(!string.IsNullOrWhiteSpace(o.StateDirectory) && Path.IsPathRooted(o.StateDirectory), "StateDirectory", "must be an absolute path");
+        Check(!string.IsNullOrWhiteSpace(o.RunDirectory) && Path.IsPathRooted(o.RunDirectory), "RunDirectory", "must be an absolute path");
+        Check(o.RunDirectory is null || o.RunDirectory.Length <= 64, "RunDirectory", "must be at most 64 characters (monitor socket paths are limited to 108 bytes)");
+        Check(o.ShutdownTimeout > TimeSpan.Zero && o.ShutdownTimeout <= TimeSpan.FromHours(1), "ShutdownTimeout", "must be between 00:00:00.001 and 01:00:00");
+        for (var i = 0; i < s.Pools.Count; i++)
+            Check(!string.IsNullOrWhiteSpace(s.Pools[i]) && Path.IsPathRooted(s.Pools[i]), $"Storage:Pools:{i}", "must be an absolute path");
+        Check(j.Workers is >= 1 and <= 1024, "Jobs:Workers", "must be between 1 and 1024");
+        Check(j.PriorityWorkers is >= 1 and <= 64, "Jobs:PriorityWorkers", "must be between 1 and 64");
+        Check(j.QueueLimit is >= 1 and <= 1_000_000, "Jobs:QueueLimit", "must be between 1 and 1000000");
+        Check(j.PerDomainQueueLimit is >= 1 and <= 100_000, "Jobs:PerDomainQueueLimit", "must be between 1 and 100000");
+        Check(j.WaitTimeout > TimeSpan.Zero && j.WaitTimeout <= TimeSpan.FromHours(1), "Jobs:WaitTimeout", "must be between 00:00:00.001 and 01:00:00");
+        Check(j.Retention > TimeSpan.Zero && j.Retention <= TimeSpan.FromDays(7), "Jobs:Retention", "must be between 00:00:00.001 and 7.00:00:00");
+        Check(j.RetentionCount is >= 1 and <= 10_000_000, "Jobs:RetentionCount", "must be between 1 and 10000000");
+        Check(sim.MonitorTimeout > TimeSpan.Zero && sim.MonitorTimeout <= TimeSpan.FromHours(1), "Simulated:MonitorTimeout", "must be between 00:00:00.001 and 01:00:00");
+        return errors;
+    }
+}

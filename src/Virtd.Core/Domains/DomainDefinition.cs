@@ -1,0 +1,106 @@
+using System.Text.Json.Serialization;
+
+namespace Virtd.Core.Domains;
+
+/// <summary>Which hypervisor driver runs a domain.</summary>
+public enum DriverKind { Qemu, Simulated }
+
+public enum MachineType { Q35, Pc }
+
+public enum DiskFormat { Raw, Qcow2 }
+
+public enum DiskBus { Virtio, Sata, Ide }
+
+public enum NicMode { User, None }
+
+/// <summary>What happens when the guest powers off, reboots or crashes.</summary>
+public enum LifecycleAction { Destroy, Restart }
+
+/// <summary>
+/// The persistent definition of a domain. Immutable: an update swaps the whole record.
+/// The same shape is the REST request body, so every property is what the user wrote.
+/// </summary>
+public sealed record DomainDefinition
+{
+    /// <summary>Unique name, <c>^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$</c>.</summary>
+    public string Name { get; init; } = "";
+
+    /// <summary>Unique id; generated on define when absent.</summary>
+    public Guid? Uuid { get; init; }
+
+    /// <summary>Driver; the daemon's <c>DefaultDriver</c> when absent.</summary>
+    public DriverKind? Driver { get; init; }
+
+    /// <summary>Virtual CPUs, 1 to host CPUs × 4 (at most 256).</summary>
+    public int Vcpus { get; init; } = 1;
+
+    /// <summary>Guest memory in MiB, 16 to 1048576.</summary>
+    public int MemoryMiB { get; init; }
+
+    public MachineType Machine { get; init; } = MachineType.Q35;
+
+    /// <summary>Direct kernel boot; absent means boot from the first disk.</summary>
+    public BootConfig? Boot { get; init; }
+
+    public IReadOnlyList<DiskConfig> Disks { get; init; } = [];
+
+    public IReadOnlyList<NicConfig> Nics { get; init; } = [];
+
+    public LifecycleAction OnPoweroff { get; init; } = LifecycleAction.Destroy;
+
+    public LifecycleAction OnReboot { get; init; } = LifecycleAction.Restart;
+
+    public LifecycleAction OnCrash { get; init; } = LifecycleAction.Destroy;
+
+    /// <summary>Start the domain when the daemon starts.</summary>
+    public bool Autostart { get; init; }
+
+    public string? Description { get; init; }
+
+    /// <summary>Fault injection for the simulated driver; ignored by other drivers.</summary>
+    public SimulationConfig? Simulation { get; init; }
+
+    /// <summary>Value equality over the lists too (records compare lists by reference).</summary>
+    public bool SameAs(DomainDefinition other) =>
+        this with { Disks = [], Nics = [] } == other with { Disks = [], Nics = [] }
+        && Disks.SequenceEqual(other.Disks) && Nics.SequenceEqual(other.Nics);
+}
+
+public sealed record BootConfig
+{
+    public string? Kernel { get; init; }
+    public string? Initrd { get; init; }
+    public string? Cmdline { get; init; }
+}
+
+public sealed record DiskConfig
+{
+    public string Path { get; init; } = "";
+    public DiskFormat Format { get; init; } = DiskFormat.Raw;
+    public DiskBus Bus { get; init; } = DiskBus.Virtio;
+    public bool ReadOnly { get; init; }
+}
+
+public sealed record NicConfig
+{
+    public NicMode Mode { get; init; } = NicMode.User;
+}
+
+/// <summary>Per-domain fault injection understood by the simulated driver.</summary>
+public sealed record SimulationConfig
+{
+    /// <summary>Time from launch until the guest runs.</summary>
+    public int BootDelayMs { get; init; }
+
+    /// <summary>Time the guest takes to power off after the ACPI power button.</summary>
+    public int AcpiShutdownDelayMs { get; init; }
+
+    /// <summary>The guest never reacts to the ACPI power button.</summary>
+    public bool IgnoresAcpi { get; init; }
+
+    /// <summary>The process survives SIGTERM (a stopped or wedged QEMU): only SIGKILL ends it.</summary>
+    public bool IgnoresSigterm { get; init; }
+
+    /// <summary>Every monitor command blocks until cancelled or timed out.</summary>
+    public bool HangMonitor { get; init; }
+}

@@ -1,0 +1,100 @@
+using FluentValidation;
+
+namespace Virtd.Core.Domains;
+
+/// <summary>
+/// Rules for a definition (API.md "Domain definition"). Property names in errors are the
+/// camelCase JSON paths the user wrote (<c>disks[0].path</c>).
+/// </summary>
+public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefinition>
+{
+    public const string NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+    public const int MinMemoryMiB = 16;
+    public const int MaxMemoryMiB = 1_048_576;
+    public const int MaxDescription = 4096;
+    public const int MaxDisks = 32;
+    public const int MaxNics = 16;
+    public const int MaxSimulationDelayMs = 600_000;
+
+    public DomainDefinitionValidator(StoragePaths paths, int hostCpus)
+    {
+        var maxVcpus = MaxVcpus(hostCpus);
+
+        RuleFor(d => d.Name).NotEmpty().WithMessage("is required")
+            .Matches(NamePattern).WithMessage($"must match {NamePattern}");
+        RuleFor(d => d.Uuid).Must(u => u != Guid.Empty).WithMessage("must not be the nil UUID");
+        RuleFor(d => d.Driver).IsInEnum();
+        RuleFor(d => d.Vcpus).InclusiveBetween(1, maxVcpus)
+            .WithMessage($"must be between 1 and {maxVcpus} (host CPUs × 4, at most 256)");
+        RuleFor(d => d.MemoryMiB).InclusiveBetween(MinMemoryMiB, MaxMemoryMiB)
+            .WithMessage($"is required and must be between {MinMemoryMiB} and {MaxMemoryMiB}");
+        RuleFor(d => d.Machine).IsInEnum();
+        RuleFor(d => d.OnPoweroff).IsInEnum();
+        RuleFor(d => d.OnReboot).IsInEnum();
+        RuleFor(d => d.OnCrash).IsInEnum();
+        RuleFor(d => d.Description).MaximumLength(MaxDescription)
+            .WithMessage($"must be at most {MaxDescription} characters");
+
+        RuleFor(d => d.Disks).NotNull().WithMessage("must be a list")
+            .Must(l => l is null || l.Count <= MaxDisks).WithMessage($"must have at most {MaxDisks} entries");
+        RuleForEach(d => d.Disks).NotNull().WithMessage("must not be null").ChildRules(disk =>
+        {
+            disk.RuleFor(x => x.Path).Custom((p, ctx) => Report(paths.Check(p), ctx));
+            disk.RuleFor(x => x.Format).IsInEnum();
+            disk.RuleFor(x => x.Bus).IsInEnum();
+        });
+
+        RuleFor(d => d.Nics).NotNull().WithMessage("must be a list")
+            .Must(l => l is null || l.Count <= MaxNics).WithMessage($"must have at most {MaxNics} entries");
+        RuleForEach(d => d.Nics).NotNull().WithMessage("must not be null").ChildRules(nic =>
+        {
+            nic.RuleFor(x => x.Mode).IsInEnum();
+        });
+
+        When(d => d.Boot is not null, () =>
+        {
+            RuleFor(d => d.Boot!.Kernel).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Kernel is not null)
+                ;
+            RuleFor(d => d.Boot!.Initrd).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Initrd is not null)
+                ;
+            RuleFor(d => d.Boot!.Kernel).NotNull().WithMessage("is required when initrd or cmdline is given")
+                .When(d => d.Boot!.Initrd is not null || d.Boot!.Cmdline is not null);
+            RuleFor(d => d.Boot!.Cmdline).MaximumLength(4096).WithMessage("must be at most 4096 characters")
+                .Must(c => c is null || !c.Contains('\0')).WithMessage("must not contain NUL");
+        });
+
+        When(d => d.Simulation is not null, () =>
+        {
+            RuleFor(d => d.Simulation!.BootDelayMs).InclusiveBetween(0, MaxSimulationDelayMs)
+                .WithMessage($"must be between 0 and {MaxSimulationDelayMs}");
+            RuleFor(d => d.Simulation!.AcpiShutdownDelayMs).InclusiveBetween(0, MaxSimulationDelayMs)
+                .WithMessage($"must be between 0 and {MaxSimulationDelayMs}");
+        });
+    }
+
+    public static int MaxVcpus(int hostCpus) => Math.Clamp(hostCpus * 4, 1, 256);
+
+    private static void Report<T>(string? problem, ValidationContext<T> ctx)
+    {
+        if (problem is not null) ctx.AddFailure(problem);
+    }
+
+    /// <summary>Runs the rules and throws <c>validation-failed</c> with every field's messages.</summary>
+    public void ValidateOrThrow(DomainDefinition definition)
+    {
+        var result = Validate(definition);
+        if (result.IsValid) return;
+        var errors = result.Errors
+            .GroupBy(e => NormalisePath(e.PropertyName))
+            .ToDictionary(g => g.Key, g => g.Select(e => e.ErrorMessage).Distinct().ToArray());
+        throw Errors.VirtdException.Validation(errors);
+    }
+
+    /// <summary>"disks[0]." (an element rule on the item itself) becomes "disks[0]"; segments are camelCase.</summary>
+    internal static string NormalisePath(string name)
+    {
+        var trimmed = name.Trim('.');
+        var parts = trimmed.Split('.', StringSplitOptions.RemoveEmptyEntries);
+        return string.Join('.', parts.Select(p => p.Length > 0 ? char.ToLowerInvariant(p[0]) + p[1..] : p));
+    }
+}

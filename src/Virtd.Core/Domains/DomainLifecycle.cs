@@ -1,0 +1,270 @@
+using Microsoft.Extensions.Logging;
+using Virtd.Core.Drivers;
+using Virtd.Core.Errors;
+using Virtd.Core.Jobs;
+
+namespace Virtd.Core.Domains;
+
+/// <summary>
+/// What each action job does, and what happens when a VM exits on its own. Driver-independent:
+/// the stop contract of seed 001 (SIGTERM, wait, SIGKILL unless graceful) lives here once for every driver.
+/// Each runner reads as one line: re-check state → driver call → record state.
+/// </summary>
+public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, ILogger<DomainLifecycle> log)
+{
+    /// <summary>How long to wait for death after SIGKILL before calling it a hypervisor error.</summary>
+    public static readonly TimeSpan KillConfirmTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>Set by the service: submits a start job when a domain must restart after an exit.</summary>
+    internal Action<DomainObject>? RestartRequested { get; set; }
+
+    /// <summary>Destroy's own state: when SIGTERM was sent (before the job took the gate) and to which VM.</summary>
+    public sealed class DestroyState(DestroyRequest request)
+    {
+        public DestroyRequest Request { get; } = request;
+        public IVmInstance? Signalled { get; set; }
+        public DateTimeOffset SignalledAt { get; set; }
+    }
+
+    public JobRunner RunnerFor(JobKind kind) => kind switch
+    {
+        JobKind.Start => StartAsync,
+        JobKind.Shutdown => ShutdownAsync,
+        JobKind.Reboot => RebootAsync,
+        JobKind.Reset => ResetAsync,
+        JobKind.Suspend => SuspendAsync,
+        JobKind.Resume => ResumeAsync,
+        JobKind.Destroy => DestroyAsync,
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "not an action"),
+    };
+
+    /// <summary>Destroy signals first, before it waits for the gate: a running job then fails fast.</summary>
+    public void SignalEarly(Job destroy)
+    {
+        var state = (DestroyState)destroy.Args!;
+        var vm = destroy.Domain.Instance;
+        if (vm is null || vm.Exited.IsCompleted) return;
+        destroy.Domain.PendingStop = StopIntent.Destroy;
+        state.Signalled = vm;
+        state.SignalledAt = time.GetUtcNow();
+        vm.Signal(VmSignal.Term);
+    }
+
+    private async Task<JobResult> StartAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var view = d.View;
+        if (view.Runtime.State == DomainState.Paused)
+            throw VirtdException.InvalidState($"domain '{d.Name}' is paused; resume it instead");
+        if (view.Runtime.IsActive) return new JobResult { Noop = true, State = view.Runtime.State };
+
+        var definition = view.Definition;
+        var driver = drivers.Require(definition.Driver ?? DriverKind.Simulated);
+        d.PendingStop = StopIntent.None;
+        var vm = await driver.LaunchAsync(d, definition, new Sink(this, d), ct).ConfigureAwait(false);
+        d.Attach(vm, definition, DomainState.Running, StateReasons.Booted, "started", time.GetUtcNow());
+        if (vm.Exited.IsCompleted) OnExited(d, vm, vm.Exited.Result); // died before we attached it
+        return new JobResult { State = d.Runtime.State };
+    }
+
+    private async Task<JobResult> SuspendAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var state = d.Runtime.State;
+        if (state == DomainState.Paused) return new JobResult { Noop = true, State = state };
+        var vm = RequireRunning(d, "suspend", DomainState.Running);
+        await vm.PauseAsync(ct).ConfigureAwait(false);
+        d.Transition(DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
+        return new JobResult { State = d.Runtime.State };
+    }
+
+    private async Task<JobResult> ResumeAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var state = d.Runtime.State;
+        if (state == DomainState.Running) return new JobResult { Noop = true, State = state };
+        var vm = RequireRunning(d, "resume", DomainState.Paused);
+        await vm.ResumeAsync(ct).ConfigureAwait(false);
+        d.Transition(DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
+        return new JobResult { State = d.Runtime.State };
+    }
+
+    private async Task<JobResult> ResetAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var vm = RequireRunning(d, "reset", DomainState.Running, DomainState.Paused);
+        await vm.ResetAsync(ct).ConfigureAwait(false);
+        d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "reset");
+        return new JobResult { State = d.Runtime.State };
+    }
+
+    private async Task<JobResult> RebootAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var vm = RequireRunning(d, "reboot", DomainState.Running);
+        if (d.Definition.OnReboot == LifecycleAction.Destroy) d.PendingStop = StopIntent.Restart;
+        await vm.RebootAsync(ct).ConfigureAwait(false);
+        if (!vm.Exited.IsCompleted) d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "rebooted");
+        return new JobResult { State = d.Runtime.State };
+    }
+
+    private async Task<JobResult> ShutdownAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var request = (ShutdownRequest?)job.Args ?? new ShutdownRequest();
+        var vm = d.Instance;
+        var before = d.Runtime.State;
+        if (vm is null || !d.Runtime.IsActive) return new JobResult { Noop = true, State = before };
+
+        var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
+        var deadline = time.GetUtcNow() + timeout;
+        d.PendingStop = StopIntent.Shutdown;
+        d.Transition(DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
+        var done = false;
+        try
+        {
+            await vm.PowerdownAsync(ct).ConfigureAwait(false);
+            if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false))
+            {
+                done = true;
+                return Stopped(d, vm, StopStage.Acpi);
+            }
+            if (!request.Force)
+            {
+                throw new VirtdException(ErrorCodes.ShutdownTimeout, 504, "Shutdown timeout",
+                    $"domain '{d.Name}' did not power off within {timeout.TotalSeconds:0.###} s of the ACPI power button; it is still running");
+            }
+            d.PendingStop = StopIntent.Destroy;
+            vm.Signal(VmSignal.Term);
+            var stage = await TerminateAsync(d, vm, time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout), graceful: false, ct)
+                .ConfigureAwait(false);
+            done = true;
+            return Stopped(d, vm, stage);
+        }
+        finally
+        {
+            if (!done && !vm.Exited.IsCompleted)
+            {
+                d.PendingStop = StopIntent.None;
+                if (d.Runtime.State == DomainState.ShuttingDown)
+                    d.Transition(before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
+            }
+        }
+    }
+
+    private async Task<JobResult> DestroyAsync(Job job, CancellationToken ct)
+    {
+        var d = job.Domain;
+        var state = (DestroyState)job.Args!;
+        var request = state.Request;
+        var vm = d.Instance;
+        if (vm is null) return new JobResult { Noop = true, State = d.Runtime.State };
+
+        var timeout = TimeSpan.FromSeconds(request.Timeout ?? DestroyRequest.DefaultTimeout);
+        if (!ReferenceEquals(state.Signalled, vm))
+        {
+            d.PendingStop = StopIntent.Destroy;
+            state.Signalled = vm;
+            state.SignalledAt = time.GetUtcNow();
+            vm.Signal(VmSignal.Term);
+        }
+        d.PendingStop = StopIntent.Destroy;
+        var stage = await TerminateAsync(d, vm, state.SignalledAt + timeout, request.Graceful, ct).ConfigureAwait(false);
+        return Stopped(d, vm, stage);
+    }
+
+    /// <summary>SIGTERM has been sent: wait until <paramref name="deadline"/>, then SIGKILL unless graceful.</summary>
+    private async Task<StopStage> TerminateAsync(DomainObject d, IVmInstance vm, DateTimeOffset deadline, bool graceful, CancellationToken ct)
+    {
+        if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Sigterm;
+        if (graceful)
+        {
+            d.PendingStop = StopIntent.None;
+            throw new VirtdException(ErrorCodes.DestroyTimeout, 504, "Destroy timeout",
+                $"process {vm.Pid} of domain '{d.Name}' is still alive after SIGTERM; a graceful destroy never sends SIGKILL, so the domain was left as it was");
+        }
+        log.LogWarning("domain {Domain}: process {Pid} survived SIGTERM, sending SIGKILL", d.Name, vm.Pid);
+        vm.Signal(VmSignal.Kill);
+        // Past this point the VM is going down whatever the job's token says: confirm its death.
+        if (await WaitForExitAsync(vm, KillConfirmTimeout, CancellationToken.None).ConfigureAwait(false)) return StopStage.Sigkill;
+        throw VirtdException.HypervisorError($"process {vm.Pid} of domain '{d.Name}' did not exit within {KillConfirmTimeout.TotalSeconds} s of SIGKILL");
+    }
+
+    private JobResult Stopped(DomainObject d, IVmInstance vm, StopStage stage)
+    {
+        OnExited(d, vm, vm.Exited.Result); // no-op when the driver's own exit event got there first
+        return new JobResult { StoppedBy = stage, State = d.Runtime.State };
+    }
+
+    private async Task<bool> WaitForExitAsync(IVmInstance vm, TimeSpan timeout, CancellationToken ct)
+    {
+        if (vm.Exited.IsCompleted) return true;
+        if (timeout <= TimeSpan.Zero) return false;
+        try
+        {
+            await vm.Exited.WaitAsync(timeout, time, ct).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return vm.Exited.IsCompleted;
+        }
+    }
+
+    private static IVmInstance RequireRunning(DomainObject d, string action, params DomainState[] allowed)
+    {
+        var runtime = d.Runtime;
+        var vm = d.Instance;
+        if (vm is null || !allowed.Contains(runtime.State))
+            throw VirtdException.InvalidState($"cannot {action} domain '{d.Name}' while it is {Describe(runtime.State)}");
+        return vm;
+    }
+
+    public static string Describe(DomainState s) => s switch
+    {
+        DomainState.ShutOff => "shut off",
+        DomainState.ShuttingDown => "shutting down",
+        _ => s.ToString().ToLowerInvariant(),
+    };
+
+    /// <summary>
+    /// A VM ended. Runs once per run (the detach is reference-checked), from the driver's event
+    /// handling or from the job that stopped it, whichever comes first.
+    /// </summary>
+    internal void OnExited(DomainObject d, IVmInstance vm, VmExit exit)
+    {
+        var intent = d.PendingStop;
+        var (state, reason, ev) = intent switch
+        {
+            StopIntent.Destroy => (DomainState.ShutOff, StateReasons.Destroyed, "destroyed"),
+            StopIntent.Shutdown when exit.Kind != VmExitKind.Crashed => (DomainState.ShutOff, StateReasons.Shutdown, "shutdown"),
+            StopIntent.Restart => (DomainState.ShutOff, StateReasons.Rebooted, "stopped"),
+            _ => exit.Kind switch
+            {
+                VmExitKind.GuestShutdown => (DomainState.ShutOff, StateReasons.GuestShutdown, "shutdown"),
+                VmExitKind.GuestReset => (DomainState.ShutOff, StateReasons.Rebooted, "stopped"),
+                VmExitKind.HostQuit => (DomainState.ShutOff, StateReasons.Destroyed, "destroyed"),
+                _ => (DomainState.Crashed, exit.Detail is null ? StateReasons.Crashed : $"{StateReasons.Crashed}: {exit.Detail}", "crashed"),
+            },
+        };
+        if (!d.Detach(vm, state, reason, ev, time.GetUtcNow())) return;
+        d.PendingStop = StopIntent.None;
+        if (intent != StopIntent.None || d.Removed) return;
+
+        var def = d.Definition;
+        var restart = exit.Kind switch
+        {
+            VmExitKind.GuestShutdown => def.OnPoweroff == LifecycleAction.Restart,
+            VmExitKind.GuestReset => def.OnReboot == LifecycleAction.Restart,
+            VmExitKind.Crashed or VmExitKind.HostSignal => def.OnCrash == LifecycleAction.Restart,
+            _ => false,
+        };
+        if (state == DomainState.Crashed) log.LogWarning("domain {Domain} crashed: {Detail}", d.Name, exit.Detail ?? exit.Kind.ToString());
+        if (restart) RestartRequested?.Invoke(d);
+    }
+
+    private sealed class Sink(DomainLifecycle owner, DomainObject domain) : IVmEventSink
+    {
+        public void OnExited(IVmInstance vm, VmExit exit) => owner.OnExited(domain, vm, exit);
+    }
+}

@@ -1,0 +1,144 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Virtd.Core.Drivers;
+using Virtd.Core.Events;
+using Virtd.Core.Jobs;
+
+namespace Virtd.Core.Domains;
+
+/// <summary>
+/// Everything a read needs, in one immutable object: definition, its ETag, what is running and
+/// the runtime state. Swapped whole under the domain's small lock; read with one volatile load,
+/// so reads never wait for a job.
+/// </summary>
+public sealed record DomainView(DomainDefinition Definition, string ETag, DomainDefinition? Live, RuntimeState Runtime)
+{
+    /// <summary>The running domain runs another definition than the stored one; it takes effect at next start.</summary>
+    public bool PendingChanges => Live is not null && !Live.SameAs(Definition);
+}
+
+/// <summary>Why a stop was asked for, so that the exit that follows gets the right reason.</summary>
+public enum StopIntent { None, Destroy, Shutdown, Restart }
+
+/// <summary>
+/// One domain: identity, current view, the job gate, and the running VM handle.
+/// Lock order: gate → this object's lock → registry lock (never the other way round).
+/// </summary>
+public sealed class DomainObject
+{
+    private readonly object _sync = new();
+    private readonly EventBus _bus;
+    private volatile DomainView _view;
+    private volatile IVmInstance? _instance;
+    private volatile bool _visible;
+    private volatile bool _removed;
+
+    public DomainObject(DomainDefinition definition, RuntimeState runtime, EventBus bus)
+    {
+        Name = definition.Name;
+        Uuid = definition.Uuid ?? throw new ArgumentException("definition has no UUID", nameof(definition));
+        _bus = bus;
+        _view = new DomainView(definition, ComputeETag(definition), null, runtime);
+        Gate = new JobGate(this);
+    }
+
+    public string Name { get; }
+    public Guid Uuid { get; }
+    public JobGate Gate { get; }
+    public DomainView View => _view;
+    public DomainDefinition Definition => _view.Definition;
+    public RuntimeState Runtime => _view.Runtime;
+    public DriverKind Driver => _view.Definition.Driver ?? DriverKind.Simulated;
+
+    /// <summary>The running VM, or null when none runs.</summary>
+    public IVmInstance? Instance => _instance;
+
+    /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
+    public StopIntent PendingStop { get; set; }
+
+    /// <summary>True once define has committed; a reserved name is not visible to reads.</summary>
+    public bool Visible { get => _visible; internal set => _visible = value; }
+
+    /// <summary>True once undefined; jobs that were waiting re-check this after their wait.</summary>
+    public bool Removed { get => _removed; internal set => _removed = value; }
+
+    public void SetDefinition(DomainDefinition definition)
+    {
+        lock (_sync)
+        {
+            _view = _view with { Definition = definition, ETag = ComputeETag(definition) };
+        }
+    }
+
+    /// <summary>Records a newly running VM and its state in one step.</summary>
+    public void Attach(IVmInstance instance, DomainDefinition live, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        lock (_sync)
+        {
+            _instance = instance;
+            var runtime = new RuntimeState(state, reason, now, now, instance.Pid);
+            _view = _view with { Live = live, Runtime = runtime };
+            Publish(lifecycleEvent, runtime);
+        }
+    }
+
+    /// <summary>
+    /// Moves to <paramref name="state"/> and publishes the lifecycle event, unless the domain is
+    /// already there: the same state change is never published twice. Returns whether it changed.
+    /// </summary>
+    public bool Transition(DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        lock (_sync)
+        {
+            var current = _view.Runtime;
+            if (current.State == state) return false;
+            var inactive = state is DomainState.ShutOff or DomainState.Crashed;
+            var runtime = inactive
+                ? new RuntimeState(state, reason, now)
+                : current with { State = state, Reason = reason, ChangedAt = now };
+            _view = _view with { Runtime = runtime, Live = inactive ? null : _view.Live };
+            Publish(lifecycleEvent, runtime);
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// The VM <paramref name="instance"/> has exited: detach it and move to an inactive state.
+    /// Ignored when another instance has replaced it since (a late exit of an old run).
+    /// </summary>
+    public bool Detach(IVmInstance instance, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        lock (_sync)
+        {
+            if (!ReferenceEquals(_instance, instance)) return false;
+            _instance = null;
+            var runtime = new RuntimeState(state, reason, now);
+            _view = _view with { Runtime = runtime, Live = null };
+            Publish(lifecycleEvent, runtime);
+            return true;
+        }
+    }
+
+    /// <summary>Publishes an event about this domain while holding its lock, so events follow state order.</summary>
+    public void PublishDomainEvent(string type, string? lifecycleEvent = null)
+    {
+        lock (_sync)
+        {
+            var r = _view.Runtime;
+            _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason));
+        }
+    }
+
+    private void Publish(string lifecycleEvent, RuntimeState runtime) =>
+        _bus.Publish(EventTypes.DomainLifecycle, Name, new DomainEventData(Name, Uuid, lifecycleEvent, runtime.State, runtime.Reason));
+
+    public static string ComputeETag(DomainDefinition definition)
+    {
+        var bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Options);
+        Span<byte> hash = stackalloc byte[32];
+        SHA256.HashData(bytes, hash);
+        return "\"" + Convert.ToHexStringLower(hash[..12]) + "\"";
+    }
+
+    public override string ToString() => Name;
+}

@@ -1,0 +1,212 @@
+using Microsoft.Extensions.Logging;
+using Virtd.Core.Configuration;
+using Virtd.Core.Drivers;
+using Virtd.Core.Errors;
+using Virtd.Core.Events;
+using Virtd.Core.Jobs;
+using Virtd.Core.Persistence;
+
+namespace Virtd.Core.Domains;
+
+/// <summary>
+/// The operations behind the REST API. Definitions change inline under the domain's gate;
+/// actions are checked against the current state (fast 404/409) and queued as jobs.
+/// </summary>
+public sealed class DomainService
+{
+    private readonly DomainRegistry _registry;
+    private readonly JobScheduler _scheduler;
+    private readonly DomainStore _store;
+    private readonly DomainDefinitionValidator _validator;
+    private readonly DriverCatalog _drivers;
+    private readonly DomainLifecycle _lifecycle;
+    private readonly EventBus _bus;
+    private readonly TimeProvider _time;
+    private readonly ILogger<DomainService> _log;
+
+    public DomainService(DomainRegistry registry, JobScheduler scheduler, DomainStore store, DomainDefinitionValidator validator,
+        DriverCatalog drivers, DomainLifecycle lifecycle, EventBus bus, VirtdOptions options, TimeProvider time, ILogger<DomainService> log)
+    {
+        _registry = registry;
+        _scheduler = scheduler;
+        _store = store;
+        _validator = validator;
+        _drivers = drivers;
+        _lifecycle = lifecycle;
+        _bus = bus;
+        _time = time;
+        _log = log;
+        DefaultDriver = options.DefaultDriver ?? DriverKind.Simulated;
+        _lifecycle.RestartRequested = RestartAfterExit;
+    }
+
+    /// <summary>The driver a definition without one gets.</summary>
+    public DriverKind DefaultDriver { get; }
+
+    public DomainRegistry Registry => _registry;
+
+    public DomainObject Get(string id) => _registry.Find(id) ?? throw VirtdException.DomainNotFound(id);
+
+    /// <summary>Loads stored definitions into the registry (start-up, before any request).</summary>
+    public (int Loaded, IReadOnlyList<string> SetAside) Load()
+    {
+        var (loaded, setAside) = _store.Load();
+        var now = _time.GetUtcNow();
+        foreach (var def in loaded)
+        {
+            var d = new DomainObject(def, new RuntimeState(DomainState.ShutOff, StateReasons.Defined, now), _bus);
+            if (_registry.TryReserve(d, out _)) DomainRegistry.Commit(d);
+        }
+        return (loaded.Count, setAside);
+    }
+
+    /// <summary>Starts every autostart domain that is not running (after the drivers have initialised).</summary>
+    public void Autostart()
+    {
+        foreach (var d in _registry.List().Where(d => d.Definition.Autostart && !d.Runtime.IsActive))
+        {
+            try { SubmitAction(d.Name, DomainAction.Start, null); }
+            catch (VirtdException e) { _log.LogWarning("autostart of {Domain} failed: {Detail}", d.Name, e.Detail); }
+        }
+    }
+
+    public async Task<DomainObject> DefineAsync(DomainDefinition definition, CancellationToken ct)
+    {
+        definition = definition with
+        {
+            Uuid = definition.Uuid ?? Guid.NewGuid(),
+            Driver = definition.Driver ?? DefaultDriver,
+        };
+        _validator.ValidateOrThrow(definition);
+        var d = new DomainObject(definition, new RuntimeState(DomainState.ShutOff, StateReasons.Defined, _time.GetUtcNow()), _bus);
+        if (!_registry.TryReserve(d, out var conflict))
+        {
+            var what = conflict!.Name == d.Name ? $"name '{d.Name}'" : $"UUID {d.Uuid} (domain '{conflict.Name}')";
+            throw new VirtdException(ErrorCodes.DomainExists, 409, "Domain exists", $"a domain with {what} already exists");
+        }
+        var job = await _scheduler.AcquireInlineAsync(JobKind.Define, d, ct).ConfigureAwait(false);
+        try
+        {
+            _store.Save(definition);
+            DomainRegistry.Commit(d);
+            d.PublishDomainEvent(EventTypes.DomainDefined);
+            return d;
+        }
+        catch
+        {
+            _registry.Remove(d);
+            throw;
+        }
+        finally
+        {
+            _scheduler.ReleaseInline(job);
+        }
+    }
+
+    /// <summary>Replaces a definition. A running domain keeps what it runs until its next start (<c>pendingChanges</c>).</summary>
+    public async Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct)
+    {
+        var d = Get(id);
+        var job = await _scheduler.AcquireInlineAsync(JobKind.Update, d, ct).ConfigureAwait(false);
+        try
+        {
+            if (d.Removed) throw VirtdException.DomainNotFound(id);
+            CheckETag(d, ifMatch);
+            if (definition.Name != d.Name)
+                throw VirtdException.Validation("name", $"cannot change the name (is '{d.Name}'); define a new domain instead");
+            if (definition.Uuid is { } u && u != d.Uuid)
+                throw VirtdException.Validation("uuid", $"cannot change the UUID (is {d.Uuid})");
+            definition = definition with { Uuid = d.Uuid, Driver = definition.Driver ?? d.Definition.Driver };
+            _validator.ValidateOrThrow(definition);
+            if (!definition.SameAs(d.Definition))
+            {
+                _store.Save(definition);
+                d.SetDefinition(definition);
+                d.PublishDomainEvent(EventTypes.DomainUpdated);
+            }
+            return d;
+        }
+        finally
+        {
+            _scheduler.ReleaseInline(job);
+        }
+    }
+
+    public async Task UndefineAsync(string id, string? ifMatch, CancellationToken ct)
+    {
+        var d = Get(id);
+        var job = await _scheduler.AcquireInlineAsync(JobKind.Undefine, d, ct).ConfigureAwait(false);
+        try
+        {
+            if (d.Removed) throw VirtdException.DomainNotFound(id);
+            CheckETag(d, ifMatch);
+            if (d.Runtime.IsActive || d.Instance is not null)
+                throw new VirtdException(ErrorCodes.DomainActive, 409, "Domain active",
+                    $"domain '{d.Name}' is {DomainLifecycle.Describe(d.Runtime.State)}; destroy or shut it down first");
+            _store.Delete(d.Name);
+            d.PublishDomainEvent(EventTypes.DomainUndefined);
+            _registry.Remove(d);
+        }
+        finally
+        {
+            _scheduler.ReleaseInline(job);
+        }
+    }
+
+    /// <summary>
+    /// Checks the action against the current state (404, 409 <c>invalid-state</c>, 409
+    /// <c>hypervisor-unavailable</c>), then queues it. Idempotent cases queue a job that ends <c>noop</c>.
+    /// </summary>
+    public Job SubmitAction(string id, DomainAction action, object? body)
+    {
+        var d = Get(id);
+        var state = d.Runtime.State;
+        string? impossible = action switch
+        {
+            DomainAction.Start when state == DomainState.Paused => "it is paused; resume it instead",
+            DomainAction.Suspend or DomainAction.Reset when state is DomainState.ShutOff or DomainState.Crashed => "it is not running",
+            DomainAction.Resume when state is DomainState.ShutOff or DomainState.Crashed => "it is not running",
+            DomainAction.Reboot when state != DomainState.Running => $"it is {DomainLifecycle.Describe(state)}",
+            _ => null,
+        };
+        if (impossible is not null)
+            throw VirtdException.InvalidState($"cannot {action.ToString().ToLowerInvariant()} domain '{d.Name}': {impossible}");
+        if (action == DomainAction.Start && !d.Runtime.IsActive) _drivers.Require(d.Driver);
+
+        var kind = Enum.Parse<JobKind>(action.ToString());
+        object? args = action switch
+        {
+            DomainAction.Destroy => new DomainLifecycle.DestroyState((body as DestroyRequest) ?? new DestroyRequest()),
+            DomainAction.Shutdown => (body as ShutdownRequest) ?? new ShutdownRequest(),
+            _ => null,
+        };
+        var job = _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind));
+        if (kind == JobKind.Destroy) _lifecycle.SignalEarly(job);
+        return job;
+    }
+
+    private void RestartAfterExit(DomainObject d)
+    {
+        try
+        {
+            _scheduler.Submit(JobKind.Start, d, null, _lifecycle.RunnerFor(JobKind.Start));
+        }
+        catch (VirtdException e)
+        {
+            _log.LogWarning("domain {Domain}: restart after exit not queued: {Detail}", d.Name, e.Detail);
+        }
+    }
+
+    private static void CheckETag(DomainObject d, string? ifMatch)
+    {
+        if (string.IsNullOrEmpty(ifMatch) || ifMatch == "*") return;
+        var current = d.View.ETag;
+        foreach (var tag in ifMatch.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var t = tag.StartsWith("W/", StringComparison.Ordinal) ? tag[2..] : tag;
+            if (t == current) return;
+        }
+        throw new VirtdException(ErrorCodes.EtagMismatch, 412, "Precondition failed",
+            $"If-Match {ifMatch} does not match the current ETag {current} of domain '{d.Name}'; GET it again");
+    }
+}

@@ -1,0 +1,36 @@
+namespace Virtd.Core.Domains;
+
+/// <summary>Runtime state of a domain, as libvirt names them.</summary>
+public enum DomainState { ShutOff, Running, Paused, ShuttingDown, Crashed }
+
+/// <summary>Which stage of a shutdown or destroy stopped the VM.</summary>
+public enum StopStage { Acpi, Sigterm, Sigkill }
+
+/// <summary>Stable reason strings that go with a state.</summary>
+public static class StateReasons
+{
+    public const string Defined = "defined";
+    public const string Booted = "booted";
+    public const string Unpaused = "unpaused";
+    public const string User = "user";
+    public const string Destroyed = "destroyed";
+    public const string Shutdown = "shutdown";
+    public const string GuestShutdown = "guest-shutdown";
+    public const string Crashed = "crashed";
+    public const string Failed = "failed";
+    public const string DaemonDown = "daemon-down";
+    public const string Rebooted = "rebooted";
+    public const string Restarted = "restarted";
+    public const string Acpi = "acpi";
+}
+
+/// <summary>An immutable view of a domain's runtime; replaced as a whole on every change.</summary>
+public sealed record RuntimeState(
+    DomainState State,
+    string Reason,
+    DateTimeOffset ChangedAt,
+    DateTimeOffset? StartedAt = null,
+    int? Pid = null)
+{
+    public bool IsActive => State is DomainState.Running or DomainState.Paused or DomainState.ShuttingDown;
+}

@@ -1,0 +1,99 @@
+using Virtd.Core.Domains;
+
+namespace Virtd.Core.Drivers;
+
+public enum VmSignal { Term, Kill }
+
+/// <summary>How a VM process ended.</summary>
+public enum VmExitKind
+{
+    /// <summary>Killed or terminated by a signal from the host (destroy, or someone else's kill).</summary>
+    HostSignal,
+    /// <summary>The guest powered itself off (ACPI or its own shutdown).</summary>
+    GuestShutdown,
+    /// <summary>The guest reset and the VM was configured not to reboot.</summary>
+    GuestReset,
+    /// <summary>Ended unexpectedly: crashed, killed from outside, or failed.</summary>
+    Crashed,
+    /// <summary>Asked to quit through its monitor.</summary>
+    HostQuit,
+}
+
+/// <summary>The end of one VM run: how, and what the hypervisor said.</summary>
+public sealed record VmExit(VmExitKind Kind, int? ExitCode = null, int? Signal = null, string? Detail = null);
+
+/// <summary>
+/// One running VM (one QEMU process, or one simulated VM). Monitor commands honour the token and
+/// the driver's monitor timeout; <see cref="Signal"/> never blocks.
+/// </summary>
+public interface IVmInstance
+{
+    int Pid { get; }
+
+    /// <summary>Completes once the VM has exited, with how.</summary>
+    Task<VmExit> Exited { get; }
+
+    /// <summary>Sends a signal to the VM's process; returns at once.</summary>
+    void Signal(VmSignal signal);
+
+    Task PauseAsync(CancellationToken cancellationToken);
+    Task ResumeAsync(CancellationToken cancellationToken);
+    /// <summary>Hard reset; the VM keeps running.</summary>
+    Task ResetAsync(CancellationToken cancellationToken);
+    /// <summary>Presses the ACPI power button; returns when the press was delivered, not when the guest is off.</summary>
+    Task PowerdownAsync(CancellationToken cancellationToken);
+    /// <summary>Asks the guest to reboot, honouring the definition's <c>onReboot</c>; returns when done or exited.</summary>
+    Task RebootAsync(CancellationToken cancellationToken);
+}
+
+/// <summary>Receives what happens to a VM on its own (exit). Called from the driver's own event handling.</summary>
+public interface IVmEventSink
+{
+    void OnExited(IVmInstance vm, VmExit exit);
+}
+
+/// <summary>What <c>GET /host</c> shows of a driver.</summary>
+public sealed record HypervisorInfo(DriverKind Driver, bool Available, string? Version, string? Detail, int RunningVms);
+
+/// <summary>
+/// A hypervisor driver. Life: <see cref="InitializeAsync"/> at start (drivers in parallel);
+/// at stop <see cref="ShutdownPrepare"/> (phase 1: signal background work, return at once), then
+/// <see cref="ShutdownWaitAsync"/> (phase 2: wait, bounded by the caller), then <see cref="CleanupAsync"/>.
+/// </summary>
+public interface IHypervisorDriver
+{
+    DriverKind Kind { get; }
+
+    HypervisorInfo Info { get; }
+
+    /// <summary>Sets the driver up and takes back the VMs of <paramref name="domains"/> that still run.</summary>
+    Task InitializeAsync(IReadOnlyList<DomainObject> domains, CancellationToken cancellationToken);
+
+    void ShutdownPrepare();
+
+    Task ShutdownWaitAsync(CancellationToken cancellationToken);
+
+    ValueTask CleanupAsync();
+
+    /// <summary>Launches the VM of <paramref name="definition"/> and returns it running. On failure nothing is left behind.</summary>
+    Task<IVmInstance> LaunchAsync(DomainObject domain, DomainDefinition definition, IVmEventSink sink, CancellationToken cancellationToken);
+}
+
+/// <summary>The registered drivers by kind.</summary>
+public sealed class DriverCatalog(IEnumerable<IHypervisorDriver> drivers)
+{
+    private readonly IHypervisorDriver[] _drivers = drivers.ToArray();
+
+    public IReadOnlyList<IHypervisorDriver> All => _drivers;
+
+    public IHypervisorDriver? Find(DriverKind kind) => _drivers.FirstOrDefault(d => d.Kind == kind);
+
+    /// <summary>The driver for <paramref name="kind"/>, or <c>hypervisor-unavailable</c> (409).</summary>
+    public IHypervisorDriver Require(DriverKind kind)
+    {
+        var driver = Find(kind);
+        if (driver is { Info.Available: true }) return driver;
+        var why = driver?.Info.Detail ?? $"no {kind.ToString().ToLowerInvariant()} driver is built into this daemon";
+        throw new Errors.VirtdException(Errors.ErrorCodes.HypervisorUnavailable, 409, "Hypervisor unavailable", why);
+    }
+}

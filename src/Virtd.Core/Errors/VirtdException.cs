@@ -1,0 +1,80 @@
+namespace Virtd.Core.Errors;
+
+/// <summary>Stable error codes of the REST contract (API.md).</summary>
+public static class ErrorCodes
+{
+    public const string ValidationFailed = "validation-failed";
+    public const string MalformedJson = "malformed-json";
+    public const string DomainNotFound = "domain-not-found";
+    public const string JobNotFound = "job-not-found";
+    public const string DomainExists = "domain-exists";
+    public const string InvalidState = "invalid-state";
+    public const string DomainBusy = "domain-busy";
+    public const string DomainActive = "domain-active";
+    public const string EtagMismatch = "etag-mismatch";
+    public const string PayloadTooLarge = "payload-too-large";
+    public const string UnsupportedMediaType = "unsupported-media-type";
+    public const string QueueFull = "queue-full";
+    public const string ShuttingDown = "shutting-down";
+    public const string NotReady = "not-ready";
+    public const string HypervisorUnavailable = "hypervisor-unavailable";
+    public const string JobNotCancellable = "job-not-cancellable";
+    public const string MonitorTimeout = "monitor-timeout";
+    public const string DestroyTimeout = "destroy-timeout";
+    public const string ShutdownTimeout = "shutdown-timeout";
+    public const string HypervisorError = "hypervisor-error";
+    public const string Cancelled = "cancelled";
+    public const string Superseded = "superseded";
+    public const string Internal = "internal";
+    public const string NotFound = "not-found";
+    public const string MethodNotAllowed = "method-not-allowed";
+}
+
+/// <summary>
+/// An expected failure with a stable code and the HTTP status it maps to.
+/// Thrown by the core; turned into problem+json by the API and into <c>job.error</c> by the scheduler.
+/// </summary>
+public class VirtdException(string code, int status, string title, string detail) : Exception(detail)
+{
+    public string Code { get; } = code;
+    public int Status { get; } = status;
+    public string Title { get; } = title;
+    public string Detail => Message;
+
+    /// <summary>Seconds a client should wait before retrying (429, 503).</summary>
+    public int? RetryAfterSeconds { get; init; }
+
+    /// <summary>Field errors keyed by camelCase JSON path (validation only).</summary>
+    public IReadOnlyDictionary<string, string[]>? Errors { get; init; }
+
+    public static VirtdException DomainNotFound(string id) =>
+        new(ErrorCodes.DomainNotFound, 404, "Domain not found", $"no domain named or with UUID '{id}'");
+
+    public static VirtdException JobNotFound(string id) =>
+        new(ErrorCodes.JobNotFound, 404, "Job not found", $"no job with id '{id}' (finished jobs are kept for a limited time)");
+
+    public static VirtdException InvalidState(string detail) =>
+        new(ErrorCodes.InvalidState, 409, "Invalid state for this action", detail);
+
+    public static VirtdException Validation(IReadOnlyDictionary<string, string[]> errors) =>
+        new(ErrorCodes.ValidationFailed, 400, "Validation failed",
+            errors.Count == 1 ? $"{errors.First().Key}: {errors.First().Value[0]}" : $"{errors.Count} fields are invalid")
+        { Errors = errors };
+
+    public static VirtdException Validation(string field, string message) =>
+        Validation(new Dictionary<string, string[]> { [field] = [message] });
+
+    public static VirtdException QueueFull(string detail, int retryAfter) =>
+        new(ErrorCodes.QueueFull, 429, "Job queue full", detail) { RetryAfterSeconds = retryAfter };
+
+    public static VirtdException ShuttingDown() =>
+        new(ErrorCodes.ShuttingDown, 503, "Daemon shutting down", "the daemon is shutting down and accepts no new work")
+        { RetryAfterSeconds = 5 };
+
+    public static VirtdException MonitorTimeout(string domain, TimeSpan timeout) =>
+        new(ErrorCodes.MonitorTimeout, 504, "Monitor timeout",
+            $"the monitor of domain '{domain}' did not answer within {timeout.TotalSeconds:0.###} s");
+
+    public static VirtdException HypervisorError(string detail) =>
+        new(ErrorCodes.HypervisorError, 500, "Hypervisor error", detail);
+}

@@ -1,0 +1,114 @@
+using Virtd.Core.Domains;
+using Virtd.Core.Errors;
+
+namespace Virtd.Core.Jobs;
+
+public enum JobKind { Start, Shutdown, Reboot, Reset, Suspend, Resume, Destroy, Define, Update, Undefine }
+
+public enum JobState { Queued, Running, Succeeded, Failed, Cancelled, Superseded }
+
+/// <summary>What a finished job did.</summary>
+public sealed record JobResult
+{
+    /// <summary>The target state already held: nothing was done.</summary>
+    public bool? Noop { get; init; }
+    /// <summary>Which stage stopped the VM (shutdown, destroy).</summary>
+    public StopStage? StoppedBy { get; init; }
+    /// <summary>The domain's state when the job ended.</summary>
+    public DomainState? State { get; init; }
+
+    public static readonly JobResult NoopResult = new() { Noop = true };
+}
+
+/// <summary>A job failure in the problem-details shape (RFC 9457) with the stable code.</summary>
+public sealed record JobError(string Type, string Title, int Status, string Detail, string Code)
+{
+    public static JobError From(VirtdException e) => new($"https://virtd.dev/problems/{e.Code}", e.Title, e.Status, e.Detail, e.Code);
+
+    public static JobError Of(string code, string title, int status, string detail) =>
+        new($"https://virtd.dev/problems/{code}", title, status, detail, code);
+}
+
+public delegate Task<JobResult> JobRunner(Job job, CancellationToken cancellationToken);
+
+/// <summary>
+/// One state-changing operation on one domain. Its state only moves forward
+/// (queued → running → one final state, or queued → final) through compare-and-swap.
+/// </summary>
+public sealed class Job
+{
+    private int _state = (int)JobState.Queued;
+    private readonly CancellationTokenSource _cts;
+
+    internal Job(JobKind kind, DomainObject domain, object? args, JobRunner? runner, bool inline, DateTimeOffset now, CancellationToken daemonStopping)
+    {
+        Id = Guid.NewGuid();
+        Kind = kind;
+        Domain = domain;
+        Args = args;
+        Runner = runner;
+        Inline = inline;
+        CreatedAt = now;
+        _cts = CancellationTokenSource.CreateLinkedTokenSource(daemonStopping);
+    }
+
+    public Guid Id { get; }
+    public JobKind Kind { get; }
+    public DomainObject Domain { get; }
+    /// <summary>Action parameters (shutdown and destroy bodies).</summary>
+    public object? Args { get; }
+    internal JobRunner? Runner { get; }
+    /// <summary>Held by an API request itself (define, update, undefine), not run by a worker.</summary>
+    public bool Inline { get; }
+    public bool Priority => Kind == JobKind.Destroy;
+    /// <summary>Whether a running job of this kind may be cancelled.</summary>
+    public bool Cancellable => Kind is JobKind.Start or JobKind.Shutdown or JobKind.Reboot;
+
+    public JobState State => (JobState)Volatile.Read(ref _state);
+    public bool IsFinished => State >= JobState.Succeeded;
+    public DateTimeOffset CreatedAt { get; }
+    public DateTimeOffset? StartedAt { get; private set; }
+    public DateTimeOffset? FinishedAt { get; private set; }
+    public JobResult? Result { get; private set; }
+    public JobError? Error { get; private set; }
+
+    /// <summary>Why the token was cancelled, when something other than the caller cancelled it.</summary>
+    public string? CancelReason { get; private set; }
+    /// <summary>The destroy job that cancelled this running job.</summary>
+    public Guid? SupersededBy { get; private set; }
+
+    public CancellationToken Token => _cts.Token;
+
+    private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>Completes when the job reaches a final state.</summary>
+    public Task Finished => _finished.Task;
+
+    internal readonly TaskCompletionSource Granted = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    internal ITimer? WaitTimer;
+
+    internal bool TryMove(JobState from, JobState to) =>
+        Interlocked.CompareExchange(ref _state, (int)to, (int)from) == (int)from;
+
+    internal void MarkStarted(DateTimeOffset now) => StartedAt = now;
+
+    /// <summary>Sets the outcome. Call only after a successful <see cref="TryMove"/> into a final state.</summary>
+    internal void SetOutcome(JobResult? result, JobError? error, DateTimeOffset now)
+    {
+        Result = result;
+        Error = error;
+        FinishedAt = now;
+        WaitTimer?.Dispose();
+        _finished.TrySetResult();
+        _cts.Dispose();
+    }
+
+    internal void CancelRunning(string reason, Guid? supersededBy = null)
+    {
+        CancelReason ??= reason;
+        SupersededBy ??= supersededBy;
+        try { _cts.Cancel(); }
+        catch (ObjectDisposedException) { /* finished meanwhile */ }
+    }
+
+    public override string ToString() => $"{Kind} {Id} on {Domain.Name}";
+}

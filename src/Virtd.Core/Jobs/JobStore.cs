@@ -1,0 +1,54 @@
+using System.Collections.Concurrent;
+using Virtd.Core.Configuration;
+
+namespace Virtd.Core.Jobs;
+
+/// <summary>
+/// Jobs by id for <c>GET /jobs</c>. Unfinished jobs stay; finished ones are kept for
+/// <c>Jobs:Retention</c> and at most <c>Jobs:RetentionCount</c> of them, oldest dropped first.
+/// </summary>
+public sealed class JobStore(JobsOptions options, TimeProvider time)
+{
+    private readonly ConcurrentDictionary<Guid, Job> _jobs = new();
+    private readonly ConcurrentQueue<Job> _finished = new();
+    private int _finishedCount;
+
+    public void Add(Job job) => _jobs[job.Id] = job;
+
+    public Job? Find(Guid id) => _jobs.TryGetValue(id, out var j) ? j : null;
+
+    public int Count => _jobs.Count;
+
+    internal void MarkFinished(Job job)
+    {
+        _finished.Enqueue(job);
+        Interlocked.Increment(ref _finishedCount);
+        Prune();
+    }
+
+    private void Prune()
+    {
+        var cutoff = time.GetUtcNow() - options.Retention;
+        while (_finished.TryPeek(out var oldest)
+               && (Volatile.Read(ref _finishedCount) > options.RetentionCount || oldest.FinishedAt < cutoff)
+               && _finished.TryDequeue(out oldest))
+        {
+            Interlocked.Decrement(ref _finishedCount);
+            _jobs.TryRemove(oldest.Id, out _);
+        }
+    }
+
+    /// <summary>Newest first.</summary>
+    public List<Job> List(Func<Job, bool>? filter = null, int limit = int.MaxValue)
+    {
+        Prune();
+        var list = new List<Job>();
+        foreach (var j in _jobs.Values) if (filter is null || filter(j)) list.Add(j);
+        list.Sort((a, b) => b.CreatedAt.CompareTo(a.CreatedAt));
+        if (list.Count > limit) list.RemoveRange(limit, list.Count - limit);
+        return list;
+    }
+
+    /// <summary>Jobs not yet finished (for shutdown).</summary>
+    public IEnumerable<Job> Unfinished() => _jobs.Values.Where(j => !j.IsFinished);
+}

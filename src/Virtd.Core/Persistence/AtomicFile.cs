@@ -1,0 +1,62 @@
+using System.Runtime.InteropServices;
+
+namespace Virtd.Core.Persistence;
+
+/// <summary>Crash-safe file replacement: temp file, fsync, rename over, fsync the directory.</summary>
+public static class AtomicFile
+{
+    public static void Write(string path, ReadOnlySpan<byte> content)
+    {
+        var dir = Path.GetDirectoryName(path)!;
+        var tmp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096, FileOptions.None))
+            {
+                fs.Write(content);
+                fs.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            TryDelete(tmp);
+            throw;
+        }
+        SyncDirectory(dir);
+    }
+
+    public static void Delete(string path)
+    {
+        if (!File.Exists(path)) return;
+        File.Delete(path);
+        SyncDirectory(Path.GetDirectoryName(path)!);
+    }
+
+    public static void SyncDirectory(string dir)
+    {
+        var fd = Open(dir, ORdOnly | ODirectory);
+        if (fd < 0) return;
+        try { _ = FSync(fd); }
+        finally { _ = Close(fd); }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try { File.Delete(path); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    private const int ORdOnly = 0;
+    private const int ODirectory = 0x10000; // Linux x86-64 and arm64
+
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    private static extern int Open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [DllImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    private static extern int FSync(int fd);
+
+    [DllImport("libc", EntryPoint = "close")]
+    private static extern int Close(int fd);
+}

@@ -1,0 +1,66 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.Extensions.Configuration;
+using Virtd.Core;
+
+namespace Virtd.Api.Tests.Support;
+
+/// <summary>
+/// The daemon in-process on the test server, with its own temporary state directory and the
+/// simulated driver. Extra settings use the daemon's own configuration keys.
+/// </summary>
+public sealed class VirtdApplication : WebApplicationFactory<Program>
+{
+    private readonly Dictionary<string, string?> _settings;
+
+    public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null)
+    {
+        StateDirectory = stateDirectory ?? Directory.CreateTempSubdirectory("virtd-test-").FullName;
+        RunDirectory = Directory.CreateTempSubdirectory("virtd-run-").FullName;
+        _settings = new Dictionary<string, string?>
+        {
+            ["StateDirectory"] = StateDirectory,
+            ["RunDirectory"] = RunDirectory,
+            ["DefaultDriver"] = "simulated",
+            ["Logging:LogLevel:Default"] = "Warning",
+        };
+        if (settings is not null) foreach (var (k, v) in settings) _settings[k] = v;
+    }
+
+    public string StateDirectory { get; }
+    public string RunDirectory { get; }
+
+    /// <summary>The default storage pool: disks and kernels must lie here.</summary>
+    public string ImagesDirectory => Path.Combine(StateDirectory, "images");
+
+    public static JsonSerializerOptions Json => VirtdJson.Options;
+
+    protected override void ConfigureWebHost(IWebHostBuilder builder)
+    {
+        builder.UseEnvironment("Production");
+        builder.ConfigureAppConfiguration((_, c) => c.AddInMemoryCollection(_settings));
+    }
+
+    /// <summary>Creates a file inside the default storage pool and returns its path.</summary>
+    public string CreateImage(string name, int bytes = 4096)
+    {
+        Directory.CreateDirectory(ImagesDirectory);
+        var path = Path.Combine(ImagesDirectory, name);
+        File.WriteAllBytes(path, new byte[bytes]);
+        return path;
+    }
+}
+
+public static class HttpExtensions
+{
+    public static Task<HttpResponseMessage> PostJsonAsync(this HttpClient c, string url, object? body) =>
+        c.PostAsJsonAsync(url, body, VirtdApplication.Json);
+
+    public static async Task<T> ReadAsync<T>(this HttpResponseMessage r) =>
+        (await r.Content.ReadFromJsonAsync<T>(VirtdApplication.Json))!;
+
+    public static async Task<JsonElement> ReadJsonAsync(this HttpResponseMessage r) =>
+        await r.Content.ReadFromJsonAsync<JsonElement>();
+}
