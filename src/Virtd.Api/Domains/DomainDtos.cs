@@ -20,11 +20,11 @@ public sealed record DomainDto(
 {
     public static DomainDto From(DomainObject d, DomainView v)
     {
-        var holder = d.Gate.Snapshot();
+        var (holder, since) = d.Gate.Holder();
         var pending = v.PendingChanges;
         var r = v.Runtime;
         return new DomainDto(d.Name, d.Uuid, v.Definition.Driver ?? DriverKind.Simulated, r.State, r.Reason, r.ChangedAt, r.StartedAt, r.Pid,
-            pending, holder.Holder is { } h ? GateJobDto.From(h, holder.HeldSince!.Value) : null,
+            pending, holder is not null ? GateJobDto.From(holder, since) : null,
             v.Definition, pending ? v.Live : null);
     }
 }

@@ -39,12 +39,11 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     };
 
     /// <summary>Destroy signals first, before it waits for the gate: a running job then fails fast.</summary>
-    public void SignalEarly(Job destroy)
+    public void SignalEarly(DomainObject domain, DestroyState state)
     {
-        var state = (DestroyState)destroy.Args!;
-        var vm = destroy.Domain.Instance;
+        var vm = domain.Instance;
         if (vm is null || vm.Exited.IsCompleted) return;
-        destroy.Domain.PendingStop = StopIntent.Destroy;
+        domain.PendingStop = StopIntent.Destroy;
         state.Signalled = vm;
         state.SignalledAt = time.GetUtcNow();
         vm.Signal(VmSignal.Term);

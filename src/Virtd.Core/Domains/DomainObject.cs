@@ -54,7 +54,9 @@ public sealed class DomainObject
     public IVmInstance? Instance => _instance;
 
     /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
-    public StopIntent PendingStop { get; set; }
+    public StopIntent PendingStop { get => _pendingStop; set => _pendingStop = value; }
+
+    private volatile StopIntent _pendingStop;
 
     /// <summary>True once define has committed; a reserved name is not visible to reads.</summary>
     public bool Visible { get => _visible; internal set => _visible = value; }

@@ -180,9 +180,9 @@ public sealed class DomainService
             DomainAction.Shutdown => (body as ShutdownRequest) ?? new ShutdownRequest(),
             _ => null,
         };
-        var job = _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind));
-        if (kind == JobKind.Destroy) _lifecycle.SignalEarly(job);
-        return job;
+        // Destroy signals before it is queued: a job holding the gate then fails fast because the VM is gone.
+        if (args is DomainLifecycle.DestroyState destroy) _lifecycle.SignalEarly(d, destroy);
+        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind));
     }
 
     private void RestartAfterExit(DomainObject d)

@@ -99,6 +99,12 @@ public sealed class JobGate(DomainObject domain)
         get { lock (_lock) return _queue.Count; }
     }
 
+    /// <summary>The holder and since when, without copying the queue (for every domain read).</summary>
+    public (Job? Holder, DateTimeOffset Since) Holder()
+    {
+        lock (_lock) return (_holder, _heldSince);
+    }
+
     public GateSnapshot Snapshot()
     {
         lock (_lock)
