@@ -18,13 +18,13 @@ public sealed record DomainDto(
     DomainDefinition Definition,
     DomainDefinition? LiveDefinition)
 {
-    public static DomainDto From(DomainObject d, DomainView v)
+    public static DomainDto From(DomainObject d, DomainView v, DateTimeOffset now)
     {
         var (holder, since) = d.Gate.Holder();
         var pending = v.PendingChanges;
         var r = v.Runtime;
         return new DomainDto(d.Name, d.Uuid, v.Definition.Driver ?? DriverKind.Simulated, r.State, r.Reason, r.ChangedAt, r.StartedAt, r.Pid,
-            pending, holder is not null ? GateJobDto.From(holder, since) : null,
+            pending, holder is not null ? GateJobDto.From(holder, since, now) : null,
             v.Definition, pending ? v.Live : null);
     }
 }
@@ -32,10 +32,11 @@ public sealed record DomainDto(
 public sealed record DomainListDto(int Count, IReadOnlyList<DomainDto> Items);
 
 /// <summary>A job as seen from a gate: the holder (since when) or a queued one (since it was queued).</summary>
-public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeOffset Since)
+public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeOffset Since, double AgeSeconds)
 {
-    public static GateJobDto From(Job j, DateTimeOffset since) => new(j.Id, j.Kind, j.State, since);
+    public static GateJobDto From(Job j, DateTimeOffset since, DateTimeOffset now) =>
+        new(j.Id, j.Kind, j.State, since, Math.Round((now - since).TotalSeconds, 3));
 }
 
 /// <summary><c>GET /domains/{id}/gate</c>: who holds the domain's job gate and what waits.</summary>
-public sealed record GateDto(string Domain, GateJobDto? Holder, double? HeldSeconds, IReadOnlyList<GateJobDto> Queued);
+public sealed record GateDto(string Domain, GateJobDto? Holder, IReadOnlyList<GateJobDto> Queued);

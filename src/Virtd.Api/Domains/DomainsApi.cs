@@ -52,46 +52,47 @@ public static class DomainsApi
         return b;
     }
 
-    public static Ok<DomainListDto> ListDomains(string? state, string? driver, DomainService svc)
+    public static Ok<DomainListDto> ListDomains(string? state, string? driver, DomainService svc, TimeProvider time)
     {
         var stateFilter = EnumText.ParseQuery<DomainState>("state", state);
         var driverFilter = EnumText.ParseQuery<DriverKind>("driver", driver);
         var list = svc.Registry.List();
         list.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
         var items = new List<DomainDto>(list.Count);
+        var now = time.GetUtcNow();
         foreach (var d in list)
         {
             var v = d.View;
             if (stateFilter is { } s && v.Runtime.State != s) continue;
             if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;
-            items.Add(DomainDto.From(d, v));
+            items.Add(DomainDto.From(d, v, now));
         }
         return TypedResults.Ok(new DomainListDto(items.Count, items));
     }
 
-    public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc)
+    public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)
     {
         var d = svc.Get(id);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
-        return TypedResults.Ok(DomainDto.From(d, v));
+        return TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
     }
 
-    public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, CancellationToken ct)
+    public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)
     {
         var d = await svc.DefineAsync(definition, ct).ConfigureAwait(false);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
-        return TypedResults.Created($"/api/v1/domains/{Uri.EscapeDataString(d.Name)}", DomainDto.From(d, v));
+        return TypedResults.Created($"/api/v1/domains/{Uri.EscapeDataString(d.Name)}", DomainDto.From(d, v, time.GetUtcNow()));
     }
 
     public static async Task<Ok<DomainDto>> UpdateDomainAsync(string id, DomainDefinition definition, [FromHeader(Name = "If-Match")] string? ifMatch,
-        HttpContext http, DomainService svc, CancellationToken ct)
+        HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)
     {
         var d = await svc.UpdateAsync(id, definition, ifMatch, ct).ConfigureAwait(false);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
-        return TypedResults.Ok(DomainDto.From(d, v));
+        return TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
     }
 
     public static async Task<NoContent> UndefineDomainAsync(string id, [FromHeader(Name = "If-Match")] string? ifMatch, DomainService svc, CancellationToken ct)
@@ -106,9 +107,8 @@ public static class DomainsApi
         var g = d.Gate.Snapshot();
         var now = time.GetUtcNow();
         return TypedResults.Ok(new GateDto(d.Name,
-            g.Holder is { } h ? GateJobDto.From(h, g.HeldSince!.Value) : null,
-            g.HeldSince is { } since ? Math.Round((now - since).TotalSeconds, 3) : null,
-            g.Queued.Select(j => GateJobDto.From(j, j.CreatedAt)).ToList()));
+            g.Holder is { } h ? GateJobDto.From(h, g.HeldSince!.Value, now) : null,
+            g.Queued.Select(j => GateJobDto.From(j, j.CreatedAt, now)).ToList()));
     }
 
     public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> ShutdownAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] ShutdownRequest? body,

@@ -62,7 +62,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         d.PendingStop = StopIntent.None;
         var vm = await driver.LaunchAsync(d, definition, new Sink(this, d), ct).ConfigureAwait(false);
         d.Attach(vm, definition, DomainState.Running, StateReasons.Booted, "started", time.GetUtcNow());
-        if (vm.Exited.IsCompleted) OnExited(d, vm, vm.Exited.Result); // died before we attached it
+        if (vm.Exited.IsCompleted) OnExited(d, vm, await vm.Exited.ConfigureAwait(false)); // died before we attached it
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -126,7 +126,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
             if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false))
             {
                 done = true;
-                return Stopped(d, vm, StopStage.Acpi);
+                return await StoppedAsync(d, vm, StopStage.Acpi).ConfigureAwait(false);
             }
             if (!request.Force)
             {
@@ -138,7 +138,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
             var stage = await TerminateAsync(d, vm, time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout), graceful: false, ct)
                 .ConfigureAwait(false);
             done = true;
-            return Stopped(d, vm, stage);
+            return await StoppedAsync(d, vm, stage).ConfigureAwait(false);
         }
         finally
         {
@@ -169,7 +169,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         }
         d.PendingStop = StopIntent.Destroy;
         var stage = await TerminateAsync(d, vm, state.SignalledAt + timeout, request.Graceful, ct).ConfigureAwait(false);
-        return Stopped(d, vm, stage);
+        return await StoppedAsync(d, vm, stage).ConfigureAwait(false);
     }
 
     /// <summary>SIGTERM has been sent: wait until <paramref name="deadline"/>, then SIGKILL unless graceful.</summary>
@@ -189,9 +189,9 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         throw VirtdException.HypervisorError($"process {vm.Pid} of domain '{d.Name}' did not exit within {KillConfirmTimeout.TotalSeconds} s of SIGKILL");
     }
 
-    private JobResult Stopped(DomainObject d, IVmInstance vm, StopStage stage)
+    private async Task<JobResult> StoppedAsync(DomainObject d, IVmInstance vm, StopStage stage)
     {
-        OnExited(d, vm, vm.Exited.Result); // no-op when the driver's own exit event got there first
+        OnExited(d, vm, await vm.Exited.ConfigureAwait(false)); // no-op when the driver's own exit event got there first
         return new JobResult { StoppedBy = stage, State = d.Runtime.State };
     }
 

@@ -36,7 +36,9 @@ public sealed class DomainService
         _bus = bus;
         _time = time;
         _log = log;
-        DefaultDriver = options.DefaultDriver ?? DriverKind.Simulated;
+        // Unset: QEMU when its driver is built in and found a usable QEMU, else the simulated driver.
+        DefaultDriver = options.DefaultDriver
+            ?? (drivers.Find(DriverKind.Qemu) is { Info.Available: true } ? DriverKind.Qemu : DriverKind.Simulated);
         _lifecycle.RestartRequested = RestartAfterExit;
     }
 
