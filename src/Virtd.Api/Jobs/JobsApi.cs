@@ -21,11 +21,8 @@ public sealed record JobDto(
 {
     public static JobDto From(Job j)
     {
-        // Read the final fields only once the state says they are set.
-        var state = j.State;
-        var finished = state >= JobState.Succeeded;
-        return new JobDto(j.Id, j.Kind, j.Domain.Name, j.Domain.Uuid, state, j.CreatedAt, j.StartedAt,
-            finished ? j.FinishedAt : null, finished ? j.Result : null, finished ? j.Error : null);
+        var s = j.Status; // one consistent snapshot
+        return new JobDto(j.Id, j.Kind, j.Domain.Name, j.Domain.Uuid, s.State, j.CreatedAt, s.StartedAt, s.FinishedAt, s.Result, s.Error);
     }
 }
 
@@ -82,8 +79,10 @@ public static class JobsApi
     public static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> RespondAsync(Job job, int? wait, HttpContext http, IHostApplicationLifetime life, CancellationToken ct)
     {
         if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
-        if (wait is > 0 && job.IsFinished) return TypedResults.Ok(JobDto.From(job));
-        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", JobDto.From(job));
+        // One snapshot decides both status and body: a job finishing in between must not give 202 with a finished job.
+        var dto = JobDto.From(job);
+        if (wait is > 0 && dto.State >= JobState.Succeeded) return TypedResults.Ok(dto);
+        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", dto);
     }
 
     /// <summary>Waits for the job, the deadline, the client going away, or the daemon stopping: whichever comes first.</summary>

@@ -69,8 +69,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     private async Task<JobResult> SuspendAsync(Job job, CancellationToken ct)
     {
         var d = job.Domain;
-        var state = d.Runtime.State;
-        if (state == DomainState.Paused) return new JobResult { Noop = true, State = state };
+        if (d.View is { Runtime.State: DomainState.Paused, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Paused };
         var vm = RequireRunning(d, "suspend", DomainState.Running);
         await vm.PauseAsync(ct).ConfigureAwait(false);
         d.Transition(DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
@@ -80,8 +79,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     private async Task<JobResult> ResumeAsync(Job job, CancellationToken ct)
     {
         var d = job.Domain;
-        var state = d.Runtime.State;
-        if (state == DomainState.Running) return new JobResult { Noop = true, State = state };
+        if (d.View is { Runtime.State: DomainState.Running, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Running };
         var vm = RequireRunning(d, "resume", DomainState.Paused);
         await vm.ResumeAsync(ct).ConfigureAwait(false);
         d.Transition(DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
@@ -111,9 +109,10 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     {
         var d = job.Domain;
         var request = (ShutdownRequest?)job.Args ?? new ShutdownRequest();
-        var vm = d.Instance;
-        var before = d.Runtime.State;
-        if (vm is null || !d.Runtime.IsActive) return new JobResult { Noop = true, State = before };
+        var view = d.View;
+        var vm = view.Instance;
+        var before = view.Runtime.State;
+        if (vm is null) return new JobResult { Noop = true, State = before };
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
         var deadline = time.GetUtcNow() + timeout;
@@ -156,8 +155,14 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var d = job.Domain;
         var state = (DestroyState)job.Args!;
         var request = state.Request;
-        var vm = d.Instance;
-        if (vm is null) return new JobResult { Noop = true, State = d.Runtime.State };
+        var view = d.View;
+        var vm = view.Instance;
+        if (vm is null)
+        {
+            // The SIGTERM sent before queueing may have ended the VM already: then this destroy stopped it.
+            if (state.Signalled is { Exited.IsCompleted: true } gone) return await StoppedAsync(d, gone, StopStage.Sigterm).ConfigureAwait(false);
+            return new JobResult { Noop = true, State = view.Runtime.State };
+        }
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? DestroyRequest.DefaultTimeout);
         if (!ReferenceEquals(state.Signalled, vm))
@@ -212,8 +217,8 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
 
     private static IVmInstance RequireRunning(DomainObject d, string action, params DomainState[] allowed)
     {
-        var runtime = d.Runtime;
-        var vm = d.Instance;
+        var view = d.View;
+        var (runtime, vm) = (view.Runtime, view.Instance);
         if (vm is null || !allowed.Contains(runtime.State))
             throw VirtdException.InvalidState($"cannot {action} domain '{d.Name}' while it is {Describe(runtime.State)}");
         return vm;

@@ -11,7 +11,7 @@ namespace Virtd.Core.Domains;
 /// the runtime state. Swapped whole under the domain's small lock; read with one volatile load,
 /// so reads never wait for a job.
 /// </summary>
-public sealed record DomainView(DomainDefinition Definition, string ETag, DomainDefinition? Live, RuntimeState Runtime)
+public sealed record DomainView(DomainDefinition Definition, string ETag, DomainDefinition? Live, RuntimeState Runtime, IVmInstance? Instance = null)
 {
     /// <summary>The running domain runs another definition than the stored one; it takes effect at next start.</summary>
     public bool PendingChanges => Live is not null && !Live.SameAs(Definition);
@@ -29,7 +29,6 @@ public sealed class DomainObject
     private readonly object _sync = new();
     private readonly EventBus _bus;
     private volatile DomainView _view;
-    private volatile IVmInstance? _instance;
     private volatile bool _visible;
     private volatile bool _removed;
 
@@ -50,8 +49,8 @@ public sealed class DomainObject
     public RuntimeState Runtime => _view.Runtime;
     public DriverKind Driver => _view.Definition.Driver ?? DriverKind.Simulated;
 
-    /// <summary>The running VM, or null when none runs.</summary>
-    public IVmInstance? Instance => _instance;
+    /// <summary>The running VM, or null when none runs. Read <see cref="View"/> to get it with the state it goes with.</summary>
+    public IVmInstance? Instance => _view.Instance;
 
     /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
     public StopIntent PendingStop { get => _pendingStop; set => _pendingStop = value; }
@@ -77,28 +76,28 @@ public sealed class DomainObject
     {
         lock (_sync)
         {
-            _instance = instance;
             var runtime = new RuntimeState(state, reason, now, now, instance.Pid);
-            _view = _view with { Live = live, Runtime = runtime };
+            _view = _view with { Live = live, Runtime = runtime, Instance = instance };
             Publish(lifecycleEvent, runtime);
         }
     }
 
     /// <summary>
-    /// Moves to <paramref name="state"/> and publishes the lifecycle event, unless the domain is
-    /// already there: the same state change is never published twice. Returns whether it changed.
+    /// Moves a running VM's domain to another active state and publishes the lifecycle event, unless
+    /// it is already there (the same state change is never published twice) or its VM has gone: a job's
+    /// late transition never revives a domain whose VM exited meanwhile. Returns whether it changed.
+    /// Only <see cref="Detach"/> makes a domain inactive.
     /// </summary>
     public bool Transition(DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
     {
+        if (state is DomainState.ShutOff or DomainState.Crashed)
+            throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
         lock (_sync)
         {
             var current = _view.Runtime;
-            if (current.State == state) return false;
-            var inactive = state is DomainState.ShutOff or DomainState.Crashed;
-            var runtime = inactive
-                ? new RuntimeState(state, reason, now)
-                : current with { State = state, Reason = reason, ChangedAt = now };
-            _view = _view with { Runtime = runtime, Live = inactive ? null : _view.Live };
+            if (current.State == state || _view.Instance is null) return false;
+            var runtime = current with { State = state, Reason = reason, ChangedAt = now };
+            _view = _view with { Runtime = runtime };
             Publish(lifecycleEvent, runtime);
             return true;
         }
@@ -112,10 +111,9 @@ public sealed class DomainObject
     {
         lock (_sync)
         {
-            if (!ReferenceEquals(_instance, instance)) return false;
-            _instance = null;
+            if (!ReferenceEquals(_view.Instance, instance)) return false;
             var runtime = new RuntimeState(state, reason, now);
-            _view = _view with { Runtime = runtime, Live = null };
+            _view = _view with { Runtime = runtime, Live = null, Instance = null };
             Publish(lifecycleEvent, runtime);
             return true;
         }

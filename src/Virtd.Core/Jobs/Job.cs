@@ -32,12 +32,21 @@ public sealed record JobError(string Type, string Title, int Status, string Deta
 public delegate Task<JobResult> JobRunner(Job job, CancellationToken cancellationToken);
 
 /// <summary>
-/// One state-changing operation on one domain. Its state only moves forward
+/// Everything about a job that changes, in one immutable record swapped whole, so a reader never
+/// sees "succeeded" without its result or finish time.
+/// </summary>
+public sealed record JobStatus(JobState State, DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt, JobResult? Result, JobError? Error)
+{
+    public bool IsFinished => State >= JobState.Succeeded;
+}
+
+/// <summary>
+/// One state-changing operation on one domain. Its status only moves forward
 /// (queued → running → one final state, or queued → final) through compare-and-swap.
 /// </summary>
 public sealed class Job
 {
-    private int _state = (int)JobState.Queued;
+    private JobStatus _status = new(JobState.Queued, null, null, null, null);
     private readonly CancellationTokenSource _cts;
 
     internal Job(JobKind kind, DomainObject domain, object? args, JobRunner? runner, bool inline, DateTimeOffset now, CancellationToken daemonStopping)
@@ -63,14 +72,16 @@ public sealed class Job
     public bool Priority => Kind == JobKind.Destroy;
     /// <summary>Whether a running job of this kind may be cancelled.</summary>
     public bool Cancellable => Kind is JobKind.Start or JobKind.Shutdown or JobKind.Reboot;
-
-    public JobState State => (JobState)Volatile.Read(ref _state);
-    public bool IsFinished => State >= JobState.Succeeded;
     public DateTimeOffset CreatedAt { get; }
-    public DateTimeOffset? StartedAt { get; private set; }
-    public DateTimeOffset? FinishedAt { get; private set; }
-    public JobResult? Result { get; private set; }
-    public JobError? Error { get; private set; }
+
+    /// <summary>State, times, result and error, read together.</summary>
+    public JobStatus Status => Volatile.Read(ref _status);
+    public JobState State => Status.State;
+    public bool IsFinished => Status.IsFinished;
+    public DateTimeOffset? StartedAt => Status.StartedAt;
+    public DateTimeOffset? FinishedAt => Status.FinishedAt;
+    public JobResult? Result => Status.Result;
+    public JobError? Error => Status.Error;
 
     /// <summary>Why the token was cancelled, when something other than the caller cancelled it.</summary>
     public string? CancelReason { get; private set; }
@@ -86,20 +97,28 @@ public sealed class Job
     internal readonly TaskCompletionSource Granted = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal ITimer? WaitTimer;
 
-    internal bool TryMove(JobState from, JobState to) =>
-        Interlocked.CompareExchange(ref _state, (int)to, (int)from) == (int)from;
+    /// <summary>Queued → running, once.</summary>
+    internal bool TryStart(DateTimeOffset now) =>
+        TryMove(JobState.Queued, s => s with { State = JobState.Running, StartedAt = now });
 
-    internal void MarkStarted(DateTimeOffset now) => StartedAt = now;
-
-    /// <summary>Sets the outcome. Call only after a successful <see cref="TryMove"/> into a final state.</summary>
-    internal void SetOutcome(JobResult? result, JobError? error, DateTimeOffset now)
+    /// <summary>Into a final state, once, with its outcome; then wakes waiters and frees the token source.</summary>
+    internal bool TryFinish(JobState from, JobState to, JobResult? result, JobError? error, DateTimeOffset now)
     {
-        Result = result;
-        Error = error;
-        FinishedAt = now;
+        if (!TryMove(from, s => s with { State = to, FinishedAt = now, Result = result, Error = error })) return false;
         WaitTimer?.Dispose();
         _finished.TrySetResult();
         _cts.Dispose();
+        return true;
+    }
+
+    private bool TryMove(JobState from, Func<JobStatus, JobStatus> next)
+    {
+        while (true)
+        {
+            var current = Volatile.Read(ref _status);
+            if (current.State != from) return false;
+            if (Interlocked.CompareExchange(ref _status, next(current), current) == current) return true;
+        }
     }
 
     internal void CancelRunning(string reason, Guid? supersededBy = null)

@@ -131,16 +131,14 @@ public sealed class JobScheduler : IAsyncDisposable
 
     private Job Granted(Job job)
     {
-        job.TryMove(JobState.Queued, JobState.Running);
-        job.MarkStarted(_time.GetUtcNow());
+        job.TryStart(_time.GetUtcNow());
         return job;
     }
 
     public void ReleaseInline(Job job)
     {
-        job.TryMove(JobState.Running, JobState.Succeeded);
-        job.TryMove(JobState.Queued, JobState.Cancelled);
-        job.SetOutcome(null, null, _time.GetUtcNow());
+        var now = _time.GetUtcNow();
+        if (!job.TryFinish(JobState.Running, JobState.Succeeded, null, null, now)) job.TryFinish(JobState.Queued, JobState.Cancelled, null, null, now);
         ReleaseGate(job);
     }
 
@@ -246,7 +244,7 @@ public sealed class JobScheduler : IAsyncDisposable
 
     private async Task RunAsync(Job job)
     {
-        if (!job.TryMove(JobState.Queued, JobState.Running))
+        if (!job.TryStart(_time.GetUtcNow()))
         {
             ReleaseGate(job); // cancelled or superseded while waiting for a worker
             return;
@@ -254,7 +252,6 @@ public sealed class JobScheduler : IAsyncDisposable
         Interlocked.Decrement(ref _queued);
         Interlocked.Increment(ref _running);
         job.WaitTimer?.Dispose();
-        job.MarkStarted(_time.GetUtcNow());
         PublishJob(EventTypes.JobStarted, job);
 
         JobResult? result = null;
@@ -302,9 +299,8 @@ public sealed class JobScheduler : IAsyncDisposable
     /// <summary>Moves a job into a final state exactly once, records it and publishes <c>job.finished</c>.</summary>
     private bool Finish(Job job, JobState from, JobState to, JobResult? result, JobError? error)
     {
-        if (!job.TryMove(from, to)) return false;
+        if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
         if (from == JobState.Queued && !job.Inline) Interlocked.Decrement(ref _queued);
-        job.SetOutcome(result, error, _time.GetUtcNow());
         if (job.Inline) return true;
         PublishJob(EventTypes.JobFinished, job);
         _store.MarkFinished(job);
