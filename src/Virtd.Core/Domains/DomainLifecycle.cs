@@ -158,7 +158,12 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var state = (DestroyState)job.Args!;
         var request = state.Request;
         var vm = d.Instance;
-        if (vm is null) return new JobResult { Noop = true, State = d.Runtime.State };
+        if (vm is null)
+        {
+            // The SIGTERM that SignalEarly sent at submit may have ended the VM already: this destroy stopped it.
+            if (state.Signalled is { Exited.IsCompleted: true } gone) return Stopped(d, gone, StopStage.Sigterm);
+            return new JobResult { Noop = true, State = d.Runtime.State };
+        }
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? DestroyRequest.DefaultTimeout);
         if (!ReferenceEquals(state.Signalled, vm))
