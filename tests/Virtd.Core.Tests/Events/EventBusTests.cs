@@ -132,7 +132,7 @@ public sealed class EventBusTests
             {
                 bus.Publish(EventTypes.JobQueued, "a", new { i });
                 // Give the reading subscriber room so that only the stalled one overflows.
-                SpinWait.SpinUntil(() => reader.Reader.Count < 4, 1000);
+                SpinWait.SpinUntil(() => reader.Reader.Count < 4, CoreHarness.Patience);
             }
         });
         await publishing.WaitAsync(CoreHarness.Patience);
