@@ -53,7 +53,8 @@ public sealed class SimulatedDriver(SimulatedOptions options, TimeProvider time,
             var sim = definition.Simulation;
             if (sim is { BootDelayMs: > 0 })
                 await Task.Delay(TimeSpan.FromMilliseconds(sim.BootDelayMs), time, cancellationToken).ConfigureAwait(false);
-            await vm.MonitorCommandAsync("cont", cancellationToken).ConfigureAwait(false);
+            // hangMonitor wedges a VM that runs (like a QEMU stopped later): the boot itself completes.
+            await vm.MonitorCommandAsync("cont", cancellationToken, mayHang: false).ConfigureAwait(false);
             return vm;
         }
         catch
@@ -164,10 +165,10 @@ internal sealed class SimulatedVm : IVmInstance
     }
 
     /// <summary>A monitor round trip: instant, or hung until cancelled or timed out when <c>hangMonitor</c>; fails once the VM is gone.</summary>
-    internal async Task MonitorCommandAsync(string command, CancellationToken cancellationToken)
+    internal async Task MonitorCommandAsync(string command, CancellationToken cancellationToken, bool mayHang = true)
     {
         if (_exit.Task.IsCompleted) throw Gone(command);
-        if (!_sim.HangMonitor) return;
+        if (!_sim.HangMonitor || !mayHang) return;
         var timeout = _driver.MonitorTimeout;
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var delay = Task.Delay(timeout, _driver.Time, cts.Token);

@@ -101,6 +101,6 @@ public sealed record SimulationConfig
     /// <summary>The process survives SIGTERM (a stopped or wedged QEMU): only SIGKILL ends it.</summary>
     public bool IgnoresSigterm { get; init; }
 
-    /// <summary>Every monitor command blocks until cancelled or timed out.</summary>
+    /// <summary>Once the VM runs, every monitor command blocks until cancelled or timed out (the boot completes).</summary>
     public bool HangMonitor { get; init; }
 }

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using FluentValidation;
 
 namespace Virtd.Core.Domains;
@@ -9,6 +10,11 @@ namespace Virtd.Core.Domains;
 public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefinition>
 {
     public const string NamePattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+    /// <summary>
+    /// <see cref="NamePattern"/> as matched. It ends in <c>\z</c>, not <c>$</c>: .NET's <c>$</c> also
+    /// matches before a final newline, which would let "vm\n" through as a name.
+    /// </summary>
+    internal static readonly Regex NameRegex = new(@"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\z", RegexOptions.CultureInvariant);
     public const int MinMemoryMiB = 16;
     public const int MaxMemoryMiB = 1_048_576;
     public const int MaxDescription = 4096;
@@ -21,7 +27,7 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
         var maxVcpus = MaxVcpus(hostCpus);
 
         RuleFor(d => d.Name).NotEmpty().WithMessage("is required")
-            .Matches(NamePattern).WithMessage($"must match {NamePattern}");
+            .Matches(NameRegex).WithMessage($"must match {NamePattern}");
         RuleFor(d => d.Uuid).Must(u => u != Guid.Empty).WithMessage("must not be the nil UUID");
         RuleFor(d => d.Driver).IsInEnum();
         RuleFor(d => d.Vcpus).InclusiveBetween(1, maxVcpus)

@@ -21,7 +21,11 @@ public sealed class JobGate(DomainObject domain)
 
     internal enum Admission { Holder, Queued, Full }
 
-    internal Admission Enqueue(Job job, int limit, DateTimeOffset now)
+    /// <summary>
+    /// Makes <paramref name="job"/> the holder or queues it. <paramref name="admitted"/> runs under this
+    /// gate's lock once the job is in, so it happens before any release can hand the job on.
+    /// </summary>
+    internal Admission Enqueue(Job job, int limit, DateTimeOffset now, Action<Job>? admitted = null)
     {
         lock (_lock)
         {
@@ -29,10 +33,12 @@ public sealed class JobGate(DomainObject domain)
             {
                 _holder = job;
                 _heldSince = now;
+                admitted?.Invoke(job);
                 return Admission.Holder;
             }
             if (_queue.Count >= limit) return Admission.Full;
             _queue.AddLast(job);
+            admitted?.Invoke(job);
             return Admission.Queued;
         }
     }

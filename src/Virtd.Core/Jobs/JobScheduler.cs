@@ -34,7 +34,14 @@ public sealed class JobScheduler : IAsyncDisposable
         _store = store;
         _time = time;
         _log = log;
+        _admitted = job =>
+        {
+            _store.Add(job);
+            PublishJob(EventTypes.JobQueued, job);
+        };
     }
+
+    private readonly Action<Job> _admitted;
 
     public JobsOptions Options => _options;
     public int QueuedCount => Volatile.Read(ref _queued);
@@ -87,15 +94,15 @@ public sealed class JobScheduler : IAsyncDisposable
             return job;
         }
 
-        var admission = domain.Gate.Enqueue(job, _options.PerDomainQueueLimit, now);
+        // Recorded and published inside the gate's lock: once queued, a release on another thread may
+        // hand the job to a worker at once, and job.started must never come before job.queued.
+        var admission = domain.Gate.Enqueue(job, _options.PerDomainQueueLimit, now, _admitted);
         if (admission == JobGate.Admission.Full)
         {
             Interlocked.Decrement(ref _queued);
             throw VirtdException.QueueFull(
                 $"domain '{domain.Name}' already has {_options.PerDomainQueueLimit} jobs queued (Jobs:PerDomainQueueLimit)", RetryAfter());
         }
-        _store.Add(job);
-        PublishJob(EventTypes.JobQueued, job);
         if (admission == JobGate.Admission.Holder) Dispatch(job);
         else ArmWaitTimer(job);
         return job;

@@ -44,7 +44,8 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
                 {
                     null => "the file holds null",
                     { Uuid: null } => "the definition has no uuid",
-                    _ when !System.Text.RegularExpressions.Regex.IsMatch(def.Name, DomainDefinitionValidator.NamePattern) => $"invalid name '{def.Name}'",
+                    { Name: null } => "the definition has no name",
+                    _ when !DomainDefinitionValidator.NameRegex.IsMatch(def.Name) => $"invalid name '{def.Name}'",
                     _ when Path.GetFileNameWithoutExtension(file) != def.Name => $"the file name does not match the domain name '{def.Name}'",
                     _ when !names.Add(def.Name) => $"duplicate name '{def.Name}'",
                     _ when !uuids.Add(def.Uuid!.Value) => $"duplicate uuid {def.Uuid}",

@@ -1,0 +1,230 @@
+using System.Collections.Concurrent;
+using Virtd.Core.Domains;
+using Virtd.Core.Errors;
+using Virtd.Core.Jobs;
+using Virtd.Core.Tests.Support;
+
+namespace Virtd.Core.Tests.Jobs;
+
+/// <summary>One state-changing job per domain at a time, FIFO behind it, bounded waits, and destroy that never queues behind a hang.</summary>
+public sealed class JobGateTests
+{
+    private static JobRunner Recording(ConcurrentQueue<int> order, int i) => (job, _) =>
+    {
+        order.Enqueue(i);
+        return Task.FromResult(new JobResult());
+    };
+
+    [Fact]
+    public async Task QueuedJobs_RunOneAtATimeInTheOrderTheyWereSubmitted()
+    {
+        await using var h = new CoreHarness(jobs: o => o.Workers = 4);
+        var d = await h.DefineAsync("fifo");
+        var holder = new BlockingRunner();
+        var first = h.Scheduler.Submit(JobKind.Start, d, null, holder.Runner);
+        await holder.WaitStartedAsync();
+        var order = new ConcurrentQueue<int>();
+        var running = 0;
+        var overlapped = false;
+        var queued = Enumerable.Range(0, 12).Select(i => h.Scheduler.Submit(JobKind.Reset, d, null, async (job, ct) =>
+        {
+            if (Interlocked.Increment(ref running) > 1) overlapped = true;
+            await Task.Yield();
+            order.Enqueue(i);
+            Interlocked.Decrement(ref running);
+            return new JobResult();
+        })).ToList();
+
+        var gate = d.Gate.Snapshot();
+        Assert.Same(first, gate.Holder);
+        Assert.Equal(queued.Select(j => j.Id), gate.Queued.Select(j => j.Id));
+        Assert.All(queued, j => Assert.Equal(JobState.Queued, j.State));
+
+        holder.Release();
+        foreach (var j in queued) await CoreHarness.FinishedAsync(j);
+
+        Assert.Equal(Enumerable.Range(0, 12), order);
+        Assert.False(overlapped, "two jobs of one domain ran at the same time");
+        Assert.All(queued, j => Assert.Equal(JobState.Succeeded, j.State));
+    }
+
+    [Fact]
+    public async Task QueuedJob_WhenItWaitsLongerThanWaitTimeout_FailsDomainBusyNamingTheHolder()
+    {
+        await using var h = new CoreHarness(jobs: o => o.WaitTimeout = TimeSpan.FromSeconds(30));
+        var d = await h.DefineAsync("busy");
+        var holder = new BlockingRunner();
+        var holding = h.Scheduler.Submit(JobKind.Start, d, null, holder.Runner);
+        await holder.WaitStartedAsync();
+        var ran = false;
+        var waiting = h.Scheduler.Submit(JobKind.Suspend, d, null, (_, _) => { ran = true; return Task.FromResult(new JobResult()); });
+
+        h.Time.Advance(TimeSpan.FromSeconds(29));
+        Assert.Equal(JobState.Queued, waiting.State);
+
+        h.Time.Advance(TimeSpan.FromSeconds(1));
+        await CoreHarness.FinishedAsync(waiting);
+
+        Assert.Equal(JobState.Failed, waiting.State);
+        Assert.Equal(ErrorCodes.DomainBusy, waiting.Error!.Code);
+        Assert.Equal(409, waiting.Error.Status);
+        Assert.Contains(holding.Id.ToString(), waiting.Error.Detail, StringComparison.Ordinal);
+        Assert.Contains("start job", waiting.Error.Detail, StringComparison.Ordinal);
+        Assert.Contains("30.0 s", waiting.Error.Detail, StringComparison.Ordinal); // the holder's age
+        Assert.Empty(d.Gate.Snapshot().Queued);
+        Assert.Equal(JobState.Running, holding.State);
+
+        holder.Release();
+        await CoreHarness.FinishedAsync(holding);
+        Assert.Equal(JobState.Succeeded, holding.State);
+        Assert.False(ran, "the timed-out job ran anyway");
+    }
+
+    [Fact]
+    public async Task InlineRequest_WhenDomainStaysBusy_FailsDomainBusyNamingTheHolder()
+    {
+        await using var h = new CoreHarness(jobs: o => o.WaitTimeout = TimeSpan.FromSeconds(5));
+        var d = await h.DefineAsync("busy-update");
+        var holder = new BlockingRunner();
+        var holding = h.Scheduler.Submit(JobKind.Reboot, d, null, holder.Runner);
+        await holder.WaitStartedAsync();
+
+        var update = h.Service.UpdateAsync("busy-update", d.Definition with { MemoryMiB = 512 }, null, CancellationToken.None);
+        Assert.False(update.IsCompleted);
+        h.Time.Advance(TimeSpan.FromSeconds(5));
+
+        var e = await Assert.ThrowsAsync<VirtdException>(() => update.WaitAsync(CoreHarness.Patience));
+        Assert.Equal(ErrorCodes.DomainBusy, e.Code);
+        Assert.Contains(holding.Id.ToString(), e.Detail, StringComparison.Ordinal);
+        Assert.Contains("reboot", e.Detail, StringComparison.Ordinal);
+        Assert.Equal(64, d.Definition.MemoryMiB);
+        Assert.Empty(d.Gate.Snapshot().Queued);
+
+        // Once the holder is done, the next request gets the gate at once.
+        holder.Release();
+        await CoreHarness.FinishedAsync(holding);
+        await CoreHarness.WaitUntilAsync(() => d.Gate.Snapshot().Holder is null, "the gate is free");
+        await h.Service.UpdateAsync("busy-update", d.Definition with { MemoryMiB = 512 }, null, CancellationToken.None).WaitAsync(CoreHarness.Patience);
+        Assert.Equal(512, d.Definition.MemoryMiB);
+    }
+
+    [Fact]
+    public async Task Destroy_WhenSubmittedBehindAHungJob_SupersedesQueuedJobsCancelsTheHolderAndRuns()
+    {
+        await using var h = new CoreHarness();
+        var d = await h.DefineRunningAsync("stuck");
+        var hung = new BlockingRunner();
+        // Suspend is not cancellable by the user, but destroy supersedes it anyway.
+        var holding = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        var queued = new[]
+        {
+            h.Service.SubmitAction("stuck", DomainAction.Reset, null),
+            h.Service.SubmitAction("stuck", DomainAction.Shutdown, null),
+            h.Service.SubmitAction("stuck", DomainAction.Start, null),
+        };
+
+        var destroy = h.Service.SubmitAction("stuck", DomainAction.Destroy, null);
+
+        Assert.All(queued, j =>
+        {
+            Assert.Equal(JobState.Superseded, j.State);
+            Assert.Equal(ErrorCodes.Superseded, j.Error!.Code);
+            Assert.Contains(destroy.Id.ToString(), j.Error.Detail, StringComparison.Ordinal);
+        });
+        await CoreHarness.FinishedAsync(destroy);
+        await CoreHarness.FinishedAsync(holding);
+        Assert.True(hung.TokenCancelled, "the holder's token was not cancelled");
+        Assert.Equal(JobState.Superseded, holding.State);
+        Assert.Equal(JobState.Succeeded, destroy.State);
+        Assert.Equal(StopStage.Sigterm, destroy.Result!.StoppedBy);
+        Assert.Equal(DomainState.ShutOff, d.Runtime.State);
+        Assert.Equal(StateReasons.Destroyed, d.Runtime.Reason);
+        Assert.Null(d.Instance);
+    }
+
+    [Fact]
+    public async Task Destroy_WhenDefinitionRequestsAreQueued_KeepsThemBehindIt()
+    {
+        await using var h = new CoreHarness();
+        var d = await h.DefineRunningAsync("keep-update");
+        var hung = new BlockingRunner();
+        var holding = h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        var update = h.Service.UpdateAsync("keep-update", d.Definition with { Vcpus = 2 }, null, CancellationToken.None);
+        var suspend = h.Service.SubmitAction("keep-update", DomainAction.Suspend, null);
+
+        var destroy = h.Service.SubmitAction("keep-update", DomainAction.Destroy, null);
+
+        Assert.Equal(JobState.Superseded, suspend.State);
+        var updated = await update.WaitAsync(CoreHarness.Patience);
+        await CoreHarness.FinishedAsync(destroy);
+        Assert.Equal(JobState.Succeeded, destroy.State);
+        Assert.Equal(2, updated.Definition.Vcpus);
+        Assert.Equal(DomainState.ShutOff, d.Runtime.State);
+        await CoreHarness.FinishedAsync(holding);
+    }
+
+    [Fact]
+    public async Task Destroy_BypassesThePerDomainQueueLimit()
+    {
+        await using var h = new CoreHarness(jobs: o => o.PerDomainQueueLimit = 2);
+        var d = await h.DefineRunningAsync("full");
+        var hung = new BlockingRunner();
+        h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        h.Service.SubmitAction("full", DomainAction.Reset, null);
+        h.Service.SubmitAction("full", DomainAction.Reset, null);
+        var full = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("full", DomainAction.Reset, null));
+        Assert.Equal(ErrorCodes.QueueFull, full.Code);
+
+        var destroy = h.Service.SubmitAction("full", DomainAction.Destroy, null);
+
+        await CoreHarness.FinishedAsync(destroy);
+        Assert.Equal(JobState.Succeeded, destroy.State);
+        Assert.Equal(DomainState.ShutOff, d.Runtime.State);
+    }
+
+    [Fact]
+    public async Task Destroy_BypassesTheGlobalQueueLimit()
+    {
+        await using var h = new CoreHarness(jobs: o => o.QueueLimit = 2);
+        var busy = await h.DefineAsync("busy");
+        var victim = await h.DefineRunningAsync("victim");
+        var hung = new BlockingRunner();
+        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
+        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
+        var full = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("victim", DomainAction.Suspend, null));
+        Assert.Equal(ErrorCodes.QueueFull, full.Code);
+
+        var destroy = h.Service.SubmitAction("victim", DomainAction.Destroy, null);
+
+        await CoreHarness.FinishedAsync(destroy);
+        Assert.Equal(JobState.Succeeded, destroy.State);
+        Assert.Equal(DomainState.ShutOff, victim.Runtime.State);
+    }
+
+    [Fact]
+    public async Task Snapshot_ShowsTheHolderSinceWhenAndTheQueue()
+    {
+        await using var h = new CoreHarness();
+        var d = await h.DefineAsync("introspect");
+        Assert.Null(d.Gate.Snapshot().Holder);
+        var hung = new BlockingRunner();
+        var since = h.Time.GetUtcNow();
+        var holding = h.Scheduler.Submit(JobKind.Start, d, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        h.Time.Advance(TimeSpan.FromSeconds(3));
+        var waiting = h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+
+        var gate = d.Gate.Snapshot();
+
+        Assert.Same(holding, gate.Holder);
+        Assert.Equal(since, gate.HeldSince);
+        Assert.Same(waiting, Assert.Single(gate.Queued));
+        hung.Release();
+        await CoreHarness.FinishedAsync(waiting);
+    }
+}

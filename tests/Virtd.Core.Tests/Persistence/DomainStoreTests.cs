@@ -1,0 +1,188 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging.Abstractions;
+using Virtd.Core.Domains;
+using Virtd.Core.Persistence;
+using Virtd.Core.Tests.Support;
+
+namespace Virtd.Core.Tests.Persistence;
+
+public sealed class DomainStoreTests : IDisposable
+{
+    private readonly string _root;
+    private readonly string _dir;
+
+    public DomainStoreTests()
+    {
+        _root = Directory.CreateTempSubdirectory("virtd-store-").FullName;
+        _dir = Path.Combine(_root, "domains");
+    }
+
+    public void Dispose() => Directory.Delete(_root, recursive: true);
+
+    private DomainStore NewStore() => new(_dir, NullLogger<DomainStore>.Instance);
+
+    private static DomainDefinition Def(string name) => CoreHarness.Definition(name) with { Uuid = Guid.NewGuid() };
+
+    private string[] FileNames() => Directory.GetFiles(_dir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToArray()!;
+
+    private void WriteRaw(string fileName, string content) => File.WriteAllText(Path.Combine(_dir, fileName), content);
+
+    [Fact]
+    public void SaveThenLoad_RoundTripsEveryField()
+    {
+        var def = new DomainDefinition
+        {
+            Name = "full",
+            Uuid = Guid.NewGuid(),
+            Driver = DriverKind.Qemu,
+            Vcpus = 3,
+            MemoryMiB = 384,
+            Machine = MachineType.Pc,
+            Boot = new BootConfig { Kernel = "/pool/vmlinuz", Initrd = "/pool/initrd", Cmdline = "console=ttyS0 quiet" },
+            Disks = [new DiskConfig { Path = "/pool/a.qcow2", Format = DiskFormat.Qcow2, Bus = DiskBus.Sata, ReadOnly = true }, new DiskConfig { Path = "/pool/b.img" }],
+            Nics = [new NicConfig { Mode = NicMode.None }, new NicConfig()],
+            OnPoweroff = LifecycleAction.Restart,
+            OnReboot = LifecycleAction.Destroy,
+            OnCrash = LifecycleAction.Restart,
+            Autostart = true,
+            Description = "every field set, \"quoted\" and ünïcode",
+            Simulation = new SimulationConfig { BootDelayMs = 5, AcpiShutdownDelayMs = 7, IgnoresAcpi = true, IgnoresSigterm = true, HangMonitor = true },
+        };
+        NewStore().Save(def);
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Empty(setAside);
+        var back = Assert.Single(loaded);
+        Assert.True(back.SameAs(def), $"loaded {JsonSerializer.Serialize(back)}\nsaved  {JsonSerializer.Serialize(def)}");
+    }
+
+    [Fact]
+    public void Save_WritesCamelCaseJsonNamedAfterTheDomain()
+    {
+        NewStore().Save(Def("web") with { MemoryMiB = 128 });
+
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(_dir, "web.json")));
+        Assert.Equal("web", doc.RootElement.GetProperty("name").GetString());
+        Assert.Equal(128, doc.RootElement.GetProperty("memoryMiB").GetInt32());
+    }
+
+    [Fact]
+    public void Save_Repeatedly_LeavesOnlyTheFinalFileAndNoTempFiles()
+    {
+        var store = NewStore();
+        var def = Def("web");
+        for (var i = 1; i <= 20; i++) store.Save(def with { MemoryMiB = 16 * i });
+        store.Save(Def("db"));
+
+        Assert.Equal(["db.json", "web.json"], FileNames());
+        Assert.Equal(320, NewStore().Load().Loaded.Single(d => d.Name == "web").MemoryMiB);
+    }
+
+    [Fact]
+    public void Delete_RemovesTheFileAndToleratesAMissingOne()
+    {
+        var store = NewStore();
+        store.Save(Def("gone"));
+
+        store.Delete("gone");
+        store.Delete("gone");
+
+        Assert.Empty(FileNames());
+        Assert.Empty(NewStore().Load().Loaded);
+    }
+
+    [Fact]
+    public void Load_WhenAFileIsCorruptOrMisnamed_SetsItAsideAndLoadsTheRest()
+    {
+        var store = NewStore();
+        store.Save(Def("a"));
+        store.Save(Def("b"));
+        WriteRaw("broken.json", "{ \"name\": \"broken\", ");
+        WriteRaw("wrong.json", JsonSerializer.Serialize(Def("other"), VirtdJson.Options));
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Equal(["a", "b"], loaded.Select(d => d.Name).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal([Path.Combine(_dir, "broken.json.corrupt"), Path.Combine(_dir, "wrong.json.corrupt")], setAside.Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal(["a.json", "b.json", "broken.json.corrupt", "wrong.json.corrupt"], FileNames());
+        // The next start loads the same two and sets nothing more aside.
+        var again = NewStore().Load();
+        Assert.Equal(2, again.Loaded.Count);
+        Assert.Empty(again.SetAside);
+    }
+
+    [Theory]
+    [InlineData("{\"name\":\"nouuid\",\"memoryMiB\":64}")]
+    [InlineData("null")]
+    [InlineData("{\"name\":\"nouuid\",\"memoryMiB\":64,\"unknownField\":1}")]
+    [InlineData("")]
+    public void Load_WhenAFileIsUnusable_SetsItAside(string content)
+    {
+        NewStore().Save(Def("good"));
+        WriteRaw("nouuid.json", content);
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Equal("good", Assert.Single(loaded).Name);
+        Assert.Equal(Path.Combine(_dir, "nouuid.json.corrupt"), Assert.Single(setAside));
+    }
+
+    [Fact]
+    public void Load_WhenTheNameIsNull_SetsTheFileAsideInsteadOfFailing()
+    {
+        NewStore().Save(Def("good"));
+        WriteRaw("nameless.json", $"{{\"name\":null,\"uuid\":\"{Guid.NewGuid()}\",\"memoryMiB\":64}}");
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Equal("good", Assert.Single(loaded).Name);
+        Assert.Equal(Path.Combine(_dir, "nameless.json.corrupt"), Assert.Single(setAside));
+    }
+
+    [Fact]
+    public void Load_WhenTwoFilesShareAUuid_KeepsTheFirstAndSetsTheOtherAside()
+    {
+        var uuid = Guid.NewGuid();
+        var store = NewStore();
+        store.Save(Def("a") with { Uuid = uuid });
+        store.Save(Def("b") with { Uuid = uuid });
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Equal("a", Assert.Single(loaded).Name);
+        Assert.Equal(Path.Combine(_dir, "b.json.corrupt"), Assert.Single(setAside));
+    }
+
+    [Fact]
+    public void Load_WhenAnEarlierCorruptCopyExists_KeepsBothCopies()
+    {
+        Directory.CreateDirectory(_dir);
+        WriteRaw("x.json.corrupt", "first");
+        WriteRaw("x.json", "second");
+
+        var (_, setAside) = NewStore().Load();
+
+        Assert.Equal(Path.Combine(_dir, "x.json.corrupt.1"), Assert.Single(setAside));
+        Assert.Equal("first", File.ReadAllText(Path.Combine(_dir, "x.json.corrupt")));
+        Assert.Equal("second", File.ReadAllText(Path.Combine(_dir, "x.json.corrupt.1")));
+    }
+
+    [Fact]
+    public async Task ServiceLoad_RegistersStoredDomainsAsShutOff()
+    {
+        await using var h = new CoreHarness();
+        h.Store.Save(Def("one"));
+        h.Store.Save(Def("two"));
+        WriteCorrupt(h.Store.Directory);
+
+        var (count, setAside) = h.Service.Load();
+
+        Assert.Equal(2, count);
+        Assert.Single(setAside);
+        Assert.Equal(DomainState.ShutOff, h.Service.Get("one").Runtime.State);
+        Assert.Equal(["one", "two"], h.Registry.List().Select(d => d.Name).Order(StringComparer.Ordinal).ToArray());
+    }
+
+    private static void WriteCorrupt(string dir) => File.WriteAllText(Path.Combine(dir, "bad.json"), "{");
+}
