@@ -27,7 +27,8 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
         var maxVcpus = MaxVcpus(hostCpus);
 
         RuleFor(d => d.Name).NotEmpty().WithMessage("is required")
-            .Matches(NameRegex).WithMessage($"must match {NamePattern}");
+            .Matches(NameRegex).WithMessage($"must match {NamePattern}")
+            .Must(n => !Guid.TryParse(n, out _)).WithMessage("must not be a UUID: an id that parses as a UUID addresses a domain by its UUID");
         RuleFor(d => d.Uuid).Must(u => u != Guid.Empty).WithMessage("must not be the nil UUID");
         RuleFor(d => d.Driver).IsInEnum();
         RuleFor(d => d.Vcpus).InclusiveBetween(1, maxVcpus)

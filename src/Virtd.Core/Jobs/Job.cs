@@ -101,14 +101,19 @@ public sealed class Job
     internal bool TryStart(DateTimeOffset now) =>
         TryMove(JobState.Queued, s => s with { State = JobState.Running, StartedAt = now });
 
-    /// <summary>Into a final state, once, with its outcome; then wakes waiters and frees the token source.</summary>
+    /// <summary>Into a final state, once, with its outcome. The scheduler then publishes and calls <see cref="Complete"/>.</summary>
     internal bool TryFinish(JobState from, JobState to, JobResult? result, JobError? error, DateTimeOffset now)
     {
         if (!TryMove(from, s => s with { State = to, FinishedAt = now, Result = result, Error = error })) return false;
         WaitTimer?.Dispose();
+        return true;
+    }
+
+    /// <summary>Wakes waiters (after <c>job.finished</c> was published) and frees the token source.</summary>
+    internal void Complete()
+    {
         _finished.TrySetResult();
         _cts.Dispose();
-        return true;
     }
 
     private bool TryMove(JobState from, Func<JobStatus, JobStatus> next)

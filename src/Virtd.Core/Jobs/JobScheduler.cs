@@ -144,8 +144,7 @@ public sealed class JobScheduler : IAsyncDisposable
 
     public void ReleaseInline(Job job)
     {
-        var now = _time.GetUtcNow();
-        if (!job.TryFinish(JobState.Running, JobState.Succeeded, null, null, now)) job.TryFinish(JobState.Queued, JobState.Cancelled, null, null, now);
+        if (!Finish(job, JobState.Running, JobState.Succeeded, null, null)) Finish(job, JobState.Queued, JobState.Cancelled, null, null);
         ReleaseGate(job);
     }
 
@@ -308,9 +307,12 @@ public sealed class JobScheduler : IAsyncDisposable
     {
         if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
         if (from == JobState.Queued && !job.Inline) Interlocked.Decrement(ref _queued);
-        if (job.Inline) return true;
-        PublishJob(EventTypes.JobFinished, job);
-        _store.MarkFinished(job);
+        if (!job.Inline)
+        {
+            PublishJob(EventTypes.JobFinished, job);
+            _store.MarkFinished(job);
+        }
+        job.Complete();
         return true;
     }
 

@@ -33,6 +33,12 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
         var setAside = new List<string>();
         var names = new HashSet<string>(StringComparer.Ordinal);
         var uuids = new HashSet<Guid>();
+        // Temporary files of saves that a crash interrupted: the rename never happened, so the old file stands.
+        foreach (var tmp in System.IO.Directory.EnumerateFiles(Directory, ".*.tmp"))
+        {
+            try { File.Delete(tmp); }
+            catch (IOException e) { log.LogWarning("cannot remove leftover {File}: {Error}", tmp, e.Message); }
+        }
         foreach (var file in System.IO.Directory.EnumerateFiles(Directory, "*.json").Order(StringComparer.Ordinal))
         {
             string? problem;

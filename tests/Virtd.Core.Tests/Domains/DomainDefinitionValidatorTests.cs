@@ -93,6 +93,11 @@ public sealed class DomainDefinitionValidatorTests : IDisposable
     public void Validate_WhenNameBreaksThePattern_RejectsName(string name) => AssertOnlyKey("name", Valid with { Name = name });
 
     [Fact]
+    public void Validate_WhenNameIsAUuid_RejectsName() =>
+        // Such a name would shadow the domain that has that UUID in every lookup by id.
+        AssertOnlyKey("name", Valid with { Name = Guid.NewGuid().ToString() });
+
+    [Fact]
     public void Validate_WhenUuidIsNil_RejectsUuid() => AssertOnlyKey("uuid", Valid with { Uuid = Guid.Empty });
 
     [Theory]

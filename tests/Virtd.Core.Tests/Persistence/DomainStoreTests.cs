@@ -80,6 +80,21 @@ public sealed class DomainStoreTests : IDisposable
     }
 
     [Fact]
+    public void Load_RemovesTempFilesOfAnInterruptedSaveAndKeepsTheOldDefinition()
+    {
+        var store = NewStore();
+        var def = Def("kept");
+        store.Save(def);
+        WriteRaw(".kept.json.1234.0123456789abcdef.tmp", "{\"name\": \"kept\", \"mem");
+
+        var (loaded, setAside) = NewStore().Load();
+
+        Assert.Equal(def.Uuid, Assert.Single(loaded).Uuid);
+        Assert.Empty(setAside);
+        Assert.Equal(["kept.json"], FileNames());
+    }
+
+    [Fact]
     public void Delete_RemovesTheFileAndToleratesAMissingOne()
     {
         var store = NewStore();
