@@ -85,6 +85,8 @@ public sealed class DomainObject
     /// <summary>
     /// Moves to <paramref name="state"/> and publishes the lifecycle event, unless the domain is
     /// already there: the same state change is never published twice. Returns whether it changed.
+    /// An active state needs a VM: once the VM has exited and been detached (a guest that powered off
+    /// as it was resumed, an early SIGTERM from destroy), a job's late transition is ignored.
     /// </summary>
     public bool Transition(DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
     {
@@ -93,6 +95,7 @@ public sealed class DomainObject
             var current = _view.Runtime;
             if (current.State == state) return false;
             var inactive = state is DomainState.ShutOff or DomainState.Crashed;
+            if (!inactive && _instance is null) return false;
             var runtime = inactive
                 ? new RuntimeState(state, reason, now)
                 : current with { State = state, Reason = reason, ChangedAt = now };
