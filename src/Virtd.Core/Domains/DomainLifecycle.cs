@@ -54,9 +54,10 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     {
         var d = job.Domain;
         var view = d.View;
-        if (view.Runtime.State == DomainState.Paused)
+        var (_, runtime) = d.Current;
+        if (runtime.State == DomainState.Paused)
             throw VirtdException.InvalidState($"domain '{d.Name}' is paused; resume it instead");
-        if (view.Runtime.IsActive) return new JobResult { Noop = true, State = view.Runtime.State };
+        if (runtime.IsActive) return new JobResult { Noop = true, State = runtime.State };
 
         var definition = view.Definition;
         var driver = drivers.Require(definition.Driver ?? DriverKind.Simulated);
@@ -70,7 +71,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     private async Task<JobResult> SuspendAsync(Job job, CancellationToken ct)
     {
         var d = job.Domain;
-        var state = d.Runtime.State;
+        var state = d.Current.Runtime.State;
         if (state == DomainState.Paused) return new JobResult { Noop = true, State = state };
         var vm = RequireRunning(d, "suspend", DomainState.Running);
         await vm.PauseAsync(ct).ConfigureAwait(false);
@@ -81,7 +82,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     private async Task<JobResult> ResumeAsync(Job job, CancellationToken ct)
     {
         var d = job.Domain;
-        var state = d.Runtime.State;
+        var state = d.Current.Runtime.State;
         if (state == DomainState.Running) return new JobResult { Noop = true, State = state };
         var vm = RequireRunning(d, "resume", DomainState.Paused);
         await vm.ResumeAsync(ct).ConfigureAwait(false);
@@ -112,9 +113,9 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     {
         var d = job.Domain;
         var request = (ShutdownRequest?)job.Args ?? new ShutdownRequest();
-        var vm = d.Instance;
-        var before = d.Runtime.State;
-        if (vm is null || !d.Runtime.IsActive) return new JobResult { Noop = true, State = before };
+        var (vm, runtime) = d.Current;
+        var before = runtime.State;
+        if (vm is null || !runtime.IsActive) return new JobResult { Noop = true, State = before };
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
         var deadline = time.GetUtcNow() + timeout;
@@ -157,8 +158,8 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var d = job.Domain;
         var state = (DestroyState)job.Args!;
         var request = state.Request;
-        var vm = d.Instance;
-        if (vm is null) return new JobResult { Noop = true, State = d.Runtime.State };
+        var (vm, runtime) = d.Current;
+        if (vm is null) return new JobResult { Noop = true, State = runtime.State };
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? DestroyRequest.DefaultTimeout);
         if (!ReferenceEquals(state.Signalled, vm))
@@ -213,8 +214,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
 
     private static IVmInstance RequireRunning(DomainObject d, string action, params DomainState[] allowed)
     {
-        var runtime = d.Runtime;
-        var vm = d.Instance;
+        var (vm, runtime) = d.Current;
         if (vm is null || !allowed.Contains(runtime.State))
             throw VirtdException.InvalidState($"cannot {action} domain '{d.Name}' while it is {Describe(runtime.State)}");
         return vm;

@@ -53,6 +53,15 @@ public sealed class DomainObject
     /// <summary>The running VM, or null when none runs.</summary>
     public IVmInstance? Instance => _instance;
 
+    /// <summary>
+    /// The running VM and the runtime state, read together. Attach and Detach change both under the
+    /// lock; read one after the other, a VM exiting meanwhile shows "no VM" with the old "running" state.
+    /// </summary>
+    public (IVmInstance? Instance, RuntimeState Runtime) Current
+    {
+        get { lock (_sync) return (_instance, _view.Runtime); }
+    }
+
     /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
     public StopIntent PendingStop { get; set; }
 
