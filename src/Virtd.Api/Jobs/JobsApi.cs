@@ -82,8 +82,10 @@ public static class JobsApi
     public static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> RespondAsync(Job job, int? wait, HttpContext http, IHostApplicationLifetime life, CancellationToken ct)
     {
         if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
-        if (wait is > 0 && job.IsFinished) return TypedResults.Ok(JobDto.From(job));
-        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", JobDto.From(job));
+        // One snapshot decides both the status and the body: a job finishing in between must not give a 202 with a finished job.
+        var dto = JobDto.From(job);
+        if (wait is > 0 && dto.State >= JobState.Succeeded) return TypedResults.Ok(dto);
+        return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", dto);
     }
 
     /// <summary>Waits for the job, the deadline, the client going away, or the daemon stopping: whichever comes first.</summary>
