@@ -100,9 +100,17 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var d = job.Domain;
         var vm = RequireRunning(d, "reboot", DomainState.Running);
         if (d.Definition.OnReboot == LifecycleAction.Destroy) d.PendingStop = StopIntent.Restart;
-        await vm.RebootAsync(ct).ConfigureAwait(false);
-        if (!vm.Exited.IsCompleted) d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "rebooted");
-        return new JobResult { State = d.Runtime.State };
+        try
+        {
+            await vm.RebootAsync(ct).ConfigureAwait(false);
+            if (!vm.Exited.IsCompleted) d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "rebooted");
+            return new JobResult { State = d.Runtime.State };
+        }
+        finally
+        {
+            // A guest that did not go down (it ignored the button): a later exit is not this reboot's.
+            if (!vm.Exited.IsCompleted) d.ClearPendingStop(StopIntent.Restart);
+        }
     }
 
     private async Task<JobResult> ShutdownAsync(Job job, CancellationToken ct)
@@ -143,7 +151,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         {
             if (!done && !vm.Exited.IsCompleted)
             {
-                d.PendingStop = StopIntent.None;
+                d.ClearPendingStop(StopIntent.Shutdown);
                 if (d.Runtime.State == DomainState.ShuttingDown)
                     d.Transition(before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
             }
@@ -183,7 +191,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Sigterm;
         if (graceful)
         {
-            d.PendingStop = StopIntent.None;
+            d.ClearPendingStop(StopIntent.Destroy);
             throw new VirtdException(ErrorCodes.DestroyTimeout, 504, "Destroy timeout",
                 $"process {vm.Pid} of domain '{d.Name}' is still alive after SIGTERM; a graceful destroy never sends SIGKILL, so the domain was left as it was");
         }

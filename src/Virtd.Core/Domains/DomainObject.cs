@@ -53,9 +53,20 @@ public sealed class DomainObject
     public IVmInstance? Instance => _view.Instance;
 
     /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
-    public StopIntent PendingStop { get => _pendingStop; set => _pendingStop = value; }
+    public StopIntent PendingStop
+    {
+        get => (StopIntent)Volatile.Read(ref _pendingStop);
+        set => Volatile.Write(ref _pendingStop, (int)value);
+    }
 
-    private volatile StopIntent _pendingStop;
+    /// <summary>
+    /// Clears the stop intent only if it is still <paramref name="expected"/>: a job giving up must not
+    /// wipe the intent of another stop that came meanwhile (a destroy cancelling a shutdown).
+    /// </summary>
+    public void ClearPendingStop(StopIntent expected) =>
+        Interlocked.CompareExchange(ref _pendingStop, (int)StopIntent.None, (int)expected);
+
+    private int _pendingStop;
 
     /// <summary>True once define has committed; a reserved name is not visible to reads.</summary>
     public bool Visible { get => _visible; internal set => _visible = value; }
