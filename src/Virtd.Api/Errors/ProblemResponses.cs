@@ -97,7 +97,8 @@ public static class ProblemResponses
                 return new VirtdException(ErrorCodes.UnsupportedMediaType, 415, "Unsupported media type", "send the body as application/json");
             case BadHttpRequestException { InnerException: JsonException json }:
                 return FromJson(json);
-            case BadHttpRequestException b when b.Message.Contains("was not provided from body", StringComparison.Ordinal):
+            case BadHttpRequestException b when b.Message.Contains("was not provided from body", StringComparison.Ordinal)
+                                                || b.Message.Contains("but no body was provided", StringComparison.Ordinal):
                 return new VirtdException(ErrorCodes.MalformedJson, 400, "Malformed JSON", "a JSON body is required");
             case BadHttpRequestException b:
                 return new VirtdException(ErrorCodes.ValidationFailed, 400, "Bad request", b.Message);
