@@ -1,7 +1,7 @@
 using System.Net;
 using System.Text.Json;
 using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.Api;
+using static Virtd.Api.Tests.Support.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

@@ -6,7 +6,7 @@ using System.Text.Json;
 namespace Virtd.Api.Tests.Support;
 
 /// <summary>Short ways to say what the tests do over HTTP, and what they expect back.</summary>
-public static class Api
+public static class VirtdHttp
 {
     /// <summary>The longest any test waits for something the daemon does in well under a second.</summary>
     public static readonly TimeSpan Patience = TimeSpan.FromSeconds(15);
