@@ -158,7 +158,13 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var state = (DestroyState)job.Args!;
         var request = state.Request;
         var vm = d.Instance;
-        if (vm is null) return new JobResult { Noop = true, State = d.Runtime.State };
+        if (vm is null)
+        {
+            // SignalEarly's SIGTERM may have ended the VM before this job got the gate: that was this destroy's doing.
+            if (state.Signalled is { Exited.IsCompleted: true } gone)
+                return new JobResult { StoppedBy = gone.Exited.Result.Signal == 9 ? StopStage.Sigkill : StopStage.Sigterm, State = d.Runtime.State };
+            return new JobResult { Noop = true, State = d.Runtime.State };
+        }
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? DestroyRequest.DefaultTimeout);
         if (!ReferenceEquals(state.Signalled, vm))
