@@ -74,7 +74,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (state == DomainState.Paused) return new JobResult { Noop = true, State = state };
         var vm = RequireRunning(d, "suspend", DomainState.Running);
         await vm.PauseAsync(ct).ConfigureAwait(false);
-        d.Transition(DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
+        d.Transition(vm, DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -85,7 +85,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (state == DomainState.Running) return new JobResult { Noop = true, State = state };
         var vm = RequireRunning(d, "resume", DomainState.Paused);
         await vm.ResumeAsync(ct).ConfigureAwait(false);
-        d.Transition(DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
+        d.Transition(vm, DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -119,7 +119,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
         var deadline = time.GetUtcNow() + timeout;
         d.PendingStop = StopIntent.Shutdown;
-        d.Transition(DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
+        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
         var done = false;
         try
         {
@@ -145,9 +145,9 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         {
             if (!done && !vm.Exited.IsCompleted)
             {
-                d.PendingStop = StopIntent.None;
+                d.ClearPendingStop(StopIntent.Shutdown); // a destroy may have taken over: keep its intent
                 if (d.Runtime.State == DomainState.ShuttingDown)
-                    d.Transition(before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
+                    d.Transition(vm, before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
             }
         }
     }

@@ -53,8 +53,18 @@ public sealed class DomainObject
     /// <summary>The running VM, or null when none runs.</summary>
     public IVmInstance? Instance => _instance;
 
+    private int _pendingStop;
+
     /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
-    public StopIntent PendingStop { get; set; }
+    public StopIntent PendingStop
+    {
+        get => (StopIntent)Volatile.Read(ref _pendingStop);
+        set => Volatile.Write(ref _pendingStop, (int)value);
+    }
+
+    /// <summary>Clears <paramref name="intent"/> unless another stop has replaced it meanwhile (a destroy signals from another thread).</summary>
+    public void ClearPendingStop(StopIntent intent) =>
+        Interlocked.CompareExchange(ref _pendingStop, (int)StopIntent.None, (int)intent);
 
     /// <summary>True once define has committed; a reserved name is not visible to reads.</summary>
     public bool Visible { get => _visible; internal set => _visible = value; }
@@ -100,6 +110,16 @@ public sealed class DomainObject
             Publish(lifecycleEvent, runtime);
             return true;
         }
+    }
+
+    /// <summary>
+    /// <see cref="Transition(DomainState, string, string, DateTimeOffset)"/>, but only while <paramref name="vm"/> is still
+    /// the running VM: after an await it may have exited (a destroy's SIGTERM) and been detached, and the shut-off
+    /// state the exit recorded must stand.
+    /// </summary>
+    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        lock (_sync) return ReferenceEquals(_instance, vm) && Transition(state, reason, lifecycleEvent, now);
     }
 
     /// <summary>
