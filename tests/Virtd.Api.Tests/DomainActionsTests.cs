@@ -420,23 +420,4 @@ public sealed class DomainActionsTests
         Assert.Equal("running", d.Str("state"));
         Assert.NotEqual(first, d.GetProperty("pid").GetInt32());
     }
-
-    [Fact]
-    public async Task Host_CountsRunningAndPausedDomains()
-    {
-        await using var app = new VirtdApplication();
-        using var http = app.CreateClient();
-        await http.DefineRunningAsync("a");
-        await http.DefineRunningAsync("b");
-        await http.ActAsync("b", "suspend", wait: 10);
-        await http.DefineAsync(Definition("c"));
-
-        var host = await (await http.GetAsync("/api/v1/host")).ReadJsonAsync();
-
-        var domains = host.GetProperty("domains");
-        Assert.Equal(3, domains.GetProperty("defined").GetInt32());
-        Assert.Equal(1, domains.GetProperty("running").GetInt32());
-        Assert.Equal(1, domains.GetProperty("paused").GetInt32());
-        Assert.Equal(2, host.GetProperty("hypervisors").EnumerateArray().Single().GetProperty("runningVms").GetInt32());
-    }
 }
