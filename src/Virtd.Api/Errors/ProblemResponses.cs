@@ -78,6 +78,7 @@ public static partial class ProblemResponses
     {
         404 => new VirtdException(ErrorCodes.NotFound, 404, "Not found", $"no resource at {http.Request.Path}"),
         405 => new VirtdException(ErrorCodes.MethodNotAllowed, 405, "Method not allowed", $"{http.Request.Method} is not allowed on {http.Request.Path}"),
+        413 => TooLarge(),
         415 => new VirtdException(ErrorCodes.UnsupportedMediaType, 415, "Unsupported media type", "send the body as application/json"),
         var s => new VirtdException(ErrorCodes.ValidationFailed, s, "Request failed", $"the request failed with status {s}"),
     };
