@@ -1,5 +1,7 @@
 using System.Net;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Virtd.Api.Hosting;
 using Virtd.Api.Tests.Support;
 using static Virtd.Api.Tests.Support.VirtdHttp;
 
@@ -114,6 +116,32 @@ public sealed class HostApiTests
 
         Assert.Equal(HttpStatusCode.OK, r.StatusCode);
         Assert.Equal("ready", (await r.ReadJsonAsync()).Str("status"));
+    }
+
+    [Fact]
+    public async Task WhileStopping_WritesAre503ShuttingDownWithRetryAfter_ReadsStillWork_AndReadyzIs503()
+    {
+        await using var app = new VirtdApplication();
+        using var http = app.CreateClient();
+        await http.DefineAsync(Definition("vm"));
+
+        // What shutdown phase 1 does first: the daemon is stopping from here on.
+        app.Services.GetRequiredService<DaemonStatus>().SetStopping();
+
+        var define = await http.PostJsonAsync("/api/v1/domains", Definition("late"));
+        var start = await http.PostActionAsync("vm", "start");
+        var delete = await http.DeleteAsync("/api/v1/domains/vm");
+        var ready = await http.GetAsync("/readyz");
+
+        foreach (var r in new[] { define, start, delete })
+        {
+            await r.AssertProblemAsync(HttpStatusCode.ServiceUnavailable, "shutting-down");
+            Assert.True(r.Headers.RetryAfter?.Delta >= TimeSpan.FromSeconds(1), $"Retry-After: {r.Headers.RetryAfter}");
+        }
+        await ready.AssertProblemAsync(HttpStatusCode.ServiceUnavailable, "shutting-down");
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/healthz")).StatusCode);
+        Assert.Equal("shut-off", await http.StateOfAsync("vm"));
+        Assert.Equal("stopping", (await (await http.GetAsync("/api/v1/host")).ReadJsonAsync()).GetProperty("daemon").Str("state"));
     }
 
     [Fact]
