@@ -103,7 +103,7 @@ public sealed class PersistenceTests
     [Fact]
     public async Task Restart_AfterASecondCorruptionOfTheSameName_KeepsBothCopies()
     {
-        var state = Directory.CreateTempSubdirectory("virtd-test-").FullName;
+        var state = TestDirectories.Create("virtd-test-");
         var domains = Directory.CreateDirectory(Path.Combine(state, "domains")).FullName;
         await File.WriteAllTextAsync(Path.Combine(domains, "bad.json"), "first");
         await using (var second = new VirtdApplication(stateDirectory: state))

@@ -37,8 +37,8 @@ public sealed class DaemonProcess : IAsyncDisposable
         var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
         if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
         var port = FreePort();
-        var state = Directory.CreateTempSubdirectory("virtd-proc-").FullName;
-        var run = Directory.CreateTempSubdirectory("virtd-run-").FullName;
+        var state = TestDirectories.Create("virtd-proc-");
+        var run = TestDirectories.Create("virtd-run-");
 
         var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
