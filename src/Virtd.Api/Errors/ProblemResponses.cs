@@ -11,7 +11,7 @@ namespace Virtd.Api.Errors;
 /// trace id. Expected conditions are <see cref="VirtdException"/>s; request-shape failures come from
 /// ASP.NET as <see cref="BadHttpRequestException"/>; anything else is a bug: 500 <c>internal</c>, logged.
 /// </summary>
-public static class ProblemResponses
+public static partial class ProblemResponses
 {
     public const string ContentType = "application/problem+json";
 
@@ -78,6 +78,7 @@ public static class ProblemResponses
     {
         404 => new VirtdException(ErrorCodes.NotFound, 404, "Not found", $"no resource at {http.Request.Path}"),
         405 => new VirtdException(ErrorCodes.MethodNotAllowed, 405, "Method not allowed", $"{http.Request.Method} is not allowed on {http.Request.Path}"),
+        413 => TooLarge(),
         415 => new VirtdException(ErrorCodes.UnsupportedMediaType, 415, "Unsupported media type", "send the body as application/json"),
         var s => new VirtdException(ErrorCodes.ValidationFailed, s, "Request failed", $"the request failed with status {s}"),
     };
@@ -97,8 +98,11 @@ public static class ProblemResponses
                 return new VirtdException(ErrorCodes.UnsupportedMediaType, 415, "Unsupported media type", "send the body as application/json");
             case BadHttpRequestException { InnerException: JsonException json }:
                 return FromJson(json);
-            case BadHttpRequestException b when b.Message.Contains("was not provided from body", StringComparison.Ordinal):
+            case BadHttpRequestException b when b.Message.Contains("was not provided from body", StringComparison.Ordinal)
+                                                || b.Message.Contains("but no body was provided", StringComparison.Ordinal):
                 return new VirtdException(ErrorCodes.MalformedJson, 400, "Malformed JSON", "a JSON body is required");
+            case BadHttpRequestException b when BindFailure().Match(b.Message) is { Success: true } m:
+                return VirtdException.Validation(m.Groups["name"].Value, $"'{m.Groups["value"].Value}' is not a valid value");
             case BadHttpRequestException b:
                 return new VirtdException(ErrorCodes.ValidationFailed, 400, "Bad request", b.Message);
             case JsonException json:
@@ -128,6 +132,10 @@ public static class ProblemResponses
             message = "has a value of the wrong type or an unknown enum value";
         return VirtdException.Validation(path.Length == 0 ? "$" : path, message);
     }
+
+    /// <summary>ASP.NET's message for a query or route value of the wrong type: <c>Failed to bind parameter "int? wait" from "abc".</c></summary>
+    [System.Text.RegularExpressions.GeneratedRegex("^Failed to bind parameter \"\\S+ (?<name>[^\"]+)\" from \"(?<value>.*)\"\\.$", System.Text.RegularExpressions.RegexOptions.Singleline)]
+    private static partial System.Text.RegularExpressions.Regex BindFailure();
 
     /// <summary><c>$.disks[0].path</c> → <c>disks[0].path</c>; <c>$['x']</c> → <c>x</c>.</summary>
     internal static string JsonPathToField(string? path)

@@ -19,8 +19,10 @@ public sealed class VirtdDaemon(
     DaemonStatus status,
     ILogger<VirtdDaemon> log) : IHostedService
 {
+    private readonly object _stopLock = new();
     private CancellationTokenRegistration _stopping;
     private CancellationTokenRegistration _started;
+    private Task? _stop;
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
@@ -73,14 +75,24 @@ public sealed class VirtdDaemon(
         }
     }
 
-    /// <summary>Phase 2: waits for the workers and every driver together, bounded by ShutdownTimeout.</summary>
-    public async Task StopAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Phase 2: waits for the workers and every driver together, bounded by ShutdownTimeout. Runs once: the host
+    /// may stop twice at the same time (an explicit <c>StopAsync</c> while <c>RunAsync</c>, woken by
+    /// ApplicationStopping, stops too and then disposes the service provider), so a second call waits for the first.
+    /// </summary>
+    public Task StopAsync(CancellationToken cancellationToken)
     {
-        BeginShutdownOnce();
-        var sw = Stopwatch.StartNew();
+        lock (_stopLock) return _stop ??= StopOnceAsync(cancellationToken);
+    }
+
+    private async Task StopOnceAsync(CancellationToken cancellationToken)
+    {
+        // Resolved before anything awaits, while the provider is certainly alive.
         var options = services.GetRequiredService<VirtdOptions>();
         var scheduler = services.GetRequiredService<JobScheduler>();
         var drivers = services.GetRequiredService<DriverCatalog>();
+        BeginShutdownOnce();
+        var sw = Stopwatch.StartNew();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(options.ShutdownTimeout);
         var waits = new List<Task> { scheduler.DrainAsync(deadline.Token) };

@@ -72,7 +72,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (d.View is { Runtime.State: DomainState.Paused, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Paused };
         var vm = RequireRunning(d, "suspend", DomainState.Running);
         await vm.PauseAsync(ct).ConfigureAwait(false);
-        d.Transition(DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
+        d.Transition(vm, DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -82,7 +82,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (d.View is { Runtime.State: DomainState.Running, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Running };
         var vm = RequireRunning(d, "resume", DomainState.Paused);
         await vm.ResumeAsync(ct).ConfigureAwait(false);
-        d.Transition(DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
+        d.Transition(vm, DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -125,7 +125,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
         var deadline = time.GetUtcNow() + timeout;
         d.PendingStop = StopIntent.Shutdown;
-        d.Transition(DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
+        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
         var done = false;
         try
         {
@@ -153,7 +153,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
             {
                 d.ClearPendingStop(StopIntent.Shutdown);
                 if (d.Runtime.State == DomainState.ShuttingDown)
-                    d.Transition(before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
+                    d.Transition(vm, before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
             }
         }
     }

@@ -95,18 +95,19 @@ public sealed class DomainObject
 
     /// <summary>
     /// Moves a running VM's domain to another active state and publishes the lifecycle event, unless
-    /// it is already there (the same state change is never published twice) or its VM has gone: a job's
-    /// late transition never revives a domain whose VM exited meanwhile. Returns whether it changed.
+    /// it is already there (the same state change is never published twice) or <paramref name="vm"/> is no
+    /// longer the attached VM: after an await it may have exited, and the state its exit recorded stands.
+    /// Returns whether it changed.
     /// Only <see cref="Detach"/> makes a domain inactive.
     /// </summary>
-    public bool Transition(DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
     {
         if (state is DomainState.ShutOff or DomainState.Crashed)
             throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
         lock (_sync)
         {
             var current = _view.Runtime;
-            if (current.State == state || _view.Instance is null) return false;
+            if (current.State == state || !ReferenceEquals(_view.Instance, vm)) return false;
             var runtime = current with { State = state, Reason = reason, ChangedAt = now };
             _view = _view with { Runtime = runtime };
             Publish(lifecycleEvent, runtime);

@@ -291,6 +291,14 @@ public sealed class JobScheduler : IAsyncDisposable
         {
             Interlocked.Decrement(ref _running);
         }
+        if (job.SupersededBy is not null && final != JobState.Superseded)
+        {
+            // A destroy took over while this ran. The runner may not have looked at its token before the
+            // destroy's SIGTERM ended the VM, and then took the exit for its own success (a shutdown's
+            // "stoppedBy: acpi") or the closed monitor for a failure: either way the destroy did it.
+            (final, error) = CancelledOutcome(job);
+            result = null;
+        }
         Finish(job, JobState.Running, final, result, error);
         ReleaseGate(job);
     }

@@ -17,8 +17,8 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
 
     public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null)
     {
-        StateDirectory = stateDirectory ?? Directory.CreateTempSubdirectory("virtd-test-").FullName;
-        RunDirectory = Directory.CreateTempSubdirectory("virtd-run-").FullName;
+        StateDirectory = stateDirectory ?? TestDirectories.Create("virtd-test-");
+        RunDirectory = TestDirectories.Create("virtd-run-");
         _settings = new Dictionary<string, string?>
         {
             ["StateDirectory"] = StateDirectory,

@@ -1,0 +1,137 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+
+namespace Virtd.Api.Tests.Support;
+
+/// <summary>
+/// The built daemon (<c>virtd.dll</c>, copied next to this test assembly by the project reference) run as
+/// a child process on a free loopback port, with its own state and run directories. Killed on dispose.
+/// </summary>
+public sealed class DaemonProcess : IAsyncDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+
+    private DaemonProcess(Process process, int port, string stateDirectory)
+    {
+        _process = process;
+        Port = port;
+        StateDirectory = stateDirectory;
+        Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
+    }
+
+    public int Port { get; }
+    public string StateDirectory { get; }
+    public HttpClient Http { get; }
+
+    /// <summary>Everything the daemon wrote to stdout and stderr so far.</summary>
+    public string Output
+    {
+        get { lock (_output) return _output.ToString(); }
+    }
+
+    public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null)
+    {
+        var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
+        if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
+        var port = FreePort();
+        var state = TestDirectories.Create("virtd-proc-");
+        var run = TestDirectories.Create("virtd-run-");
+
+        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = AppContext.BaseDirectory,
+        };
+        foreach (var a in new[] { daemon, "--urls", $"http://127.0.0.1:{port}", "--StateDirectory", state, "--RunDirectory", run })
+            psi.ArgumentList.Add(a);
+        foreach (var a in args ?? []) psi.ArgumentList.Add(a);
+        // Only what the test gives: nothing of the test runner's own VIRTD_ or ASP.NET settings leaks in.
+        foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("VIRTD_", StringComparison.Ordinal)
+                     || k.StartsWith("ASPNETCORE_", StringComparison.Ordinal) || k == "DOTNET_URLS").ToList())
+            psi.Environment.Remove(key);
+        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
+
+        var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
+        var d = new DaemonProcess(process, port, state);
+        process.OutputDataReceived += (_, e) => d.Append(e.Data);
+        process.ErrorDataReceived += (_, e) => d.Append(e.Data);
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return d;
+    }
+
+    /// <summary>Polls /readyz until 200; fails with the daemon's output if it exits or the deadline passes.</summary>
+    public async Task WaitReadyAsync(TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(60));
+        while (true)
+        {
+            if (_process.HasExited) Assert.Fail($"the daemon exited with {_process.ExitCode} before it was ready:\n{Output}");
+            try
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                using var r = await Http.GetAsync("/readyz", cts.Token);
+                if (r.StatusCode == HttpStatusCode.OK) return;
+            }
+            catch (HttpRequestException) { } // not listening yet
+            catch (TaskCanceledException) { }
+            if (DateTime.UtcNow > deadline) Assert.Fail($"the daemon was not ready within the deadline:\n{Output}");
+            await Task.Delay(50);
+        }
+    }
+
+    /// <summary>Waits for the process to exit on its own; fails if it is still running at the deadline.</summary>
+    public async Task<int> WaitExitAsync(TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await _process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            Assert.Fail($"the daemon was still running after {timeout}:\n{Output}");
+        }
+        _process.WaitForExit(); // drains the output readers
+        return _process.ExitCode;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Http.Dispose();
+        try
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
+            }
+        }
+        catch (InvalidOperationException) { } // never started or already gone
+        finally
+        {
+            _process.Dispose();
+        }
+    }
+
+    private void Append(string? line)
+    {
+        if (line is null) return;
+        lock (_output) _output.AppendLine(line);
+    }
+
+    private static int FreePort()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        try { return ((IPEndPoint)listener.LocalEndpoint).Port; }
+        finally { listener.Stop(); }
+    }
+}
