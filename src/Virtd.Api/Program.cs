@@ -20,11 +20,12 @@ var app = builder.Build();
 app.UseVirtdProblems();
 app.UseShutdownGate();
 app.MapOpenApi("/openapi/{documentName}.json");
-app.UseSwaggerUI(o =>
+// Swagger UI's middleware matches paths with regexes: keep it off every other request's path.
+app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger => swagger.UseSwaggerUI(o =>
 {
     o.RoutePrefix = "swagger";
     o.SwaggerEndpoint("/openapi/v1.json", "virtd v1");
-});
+}));
 app.MapHostApi();
 app.MapDomainsApi();
 app.MapJobsApi();

@@ -7,6 +7,8 @@ public static class DaemonRunner
     {
         try
         {
+            // Checked before the host starts, so a bad value gives one clear line rather than a host failure trace.
+            VirtdConfiguration.Resolve(app.Services);
             await app.RunAsync().ConfigureAwait(false);
             return Environment.ExitCode;
         }
