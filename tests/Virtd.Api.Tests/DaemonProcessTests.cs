@@ -20,9 +20,10 @@ public sealed class DaemonProcessTests
 
         var code = await daemon.WaitExitAsync(ExitDeadline);
 
-        Assert.NotEqual(0, code);
+        Assert.Equal(2, code);
         Assert.Contains("virtd: invalid configuration", daemon.Output);
         Assert.Contains(key, daemon.Output);
+        Assert.DoesNotContain("   at ", daemon.Output); // one clear line, no stack trace
     }
 
     [Fact]
