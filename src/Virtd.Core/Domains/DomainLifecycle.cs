@@ -66,23 +66,21 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         return new JobResult { State = d.Runtime.State };
     }
 
-    private async Task<JobResult> SuspendAsync(Job job, CancellationToken ct)
-    {
-        var d = job.Domain;
-        if (d.View is { Runtime.State: DomainState.Paused, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Paused };
-        var vm = RequireRunning(d, "suspend", DomainState.Running);
-        await vm.PauseAsync(ct).ConfigureAwait(false);
-        d.Transition(vm, DomainState.Paused, StateReasons.User, "suspended", time.GetUtcNow());
-        return new JobResult { State = d.Runtime.State };
-    }
+    private Task<JobResult> SuspendAsync(Job job, CancellationToken ct) =>
+        PauseOrResumeAsync(job.Domain, "suspend", DomainState.Running, DomainState.Paused, StateReasons.User, "suspended", vm => vm.PauseAsync(ct));
 
-    private async Task<JobResult> ResumeAsync(Job job, CancellationToken ct)
+    private Task<JobResult> ResumeAsync(Job job, CancellationToken ct) =>
+        PauseOrResumeAsync(job.Domain, "resume", DomainState.Paused, DomainState.Running, StateReasons.Unpaused, "resumed", vm => vm.ResumeAsync(ct));
+
+    /// <summary>Suspend and resume: noop when already there, else the monitor command, then the new state.</summary>
+    private async Task<JobResult> PauseOrResumeAsync(DomainObject d, string action, DomainState from, DomainState to, string reason,
+        string lifecycleEvent, Func<IVmInstance, Task> command)
     {
-        var d = job.Domain;
-        if (d.View is { Runtime.State: DomainState.Running, Instance: not null }) return new JobResult { Noop = true, State = DomainState.Running };
-        var vm = RequireRunning(d, "resume", DomainState.Paused);
-        await vm.ResumeAsync(ct).ConfigureAwait(false);
-        d.Transition(vm, DomainState.Running, StateReasons.Unpaused, "resumed", time.GetUtcNow());
+        var view = d.View;
+        if (view.Instance is not null && view.Runtime.State == to) return new JobResult { Noop = true, State = to };
+        var vm = RequireRunning(d, action, from);
+        await command(vm).ConfigureAwait(false);
+        d.Transition(vm, to, reason, lifecycleEvent, time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
 

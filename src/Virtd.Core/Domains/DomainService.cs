@@ -106,48 +106,49 @@ public sealed class DomainService
     }
 
     /// <summary>Replaces a definition. A running domain keeps what it runs until its next start (<c>pendingChanges</c>).</summary>
-    public async Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct)
-    {
-        var d = Get(id);
-        var job = await _scheduler.AcquireInlineAsync(JobKind.Update, d, ct).ConfigureAwait(false);
-        try
+    public Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct) =>
+        UnderGateAsync(id, JobKind.Update, ifMatch, d =>
         {
-            if (d.Removed) throw VirtdException.DomainNotFound(id);
-            CheckETag(d, ifMatch);
             if (definition.Name != d.Name)
                 throw VirtdException.Validation("name", $"cannot change the name (is '{d.Name}'); define a new domain instead");
             if (definition.Uuid is { } u && u != d.Uuid)
                 throw VirtdException.Validation("uuid", $"cannot change the UUID (is {d.Uuid})");
-            definition = definition with { Uuid = d.Uuid, Driver = definition.Driver ?? d.Definition.Driver };
-            _validator.ValidateOrThrow(definition);
-            if (!definition.SameAs(d.Definition))
+            var replacement = definition with { Uuid = d.Uuid, Driver = definition.Driver ?? d.Definition.Driver };
+            _validator.ValidateOrThrow(replacement);
+            if (!replacement.SameAs(d.Definition))
             {
-                _store.Save(definition);
-                d.SetDefinition(definition);
+                _store.Save(replacement);
+                d.SetDefinition(replacement);
                 d.PublishDomainEvent(EventTypes.DomainUpdated);
             }
             return d;
-        }
-        finally
-        {
-            _scheduler.ReleaseInline(job);
-        }
-    }
+        }, ct);
 
-    public async Task UndefineAsync(string id, string? ifMatch, CancellationToken ct)
-    {
-        var d = Get(id);
-        var job = await _scheduler.AcquireInlineAsync(JobKind.Undefine, d, ct).ConfigureAwait(false);
-        try
+    public Task UndefineAsync(string id, string? ifMatch, CancellationToken ct) =>
+        UnderGateAsync(id, JobKind.Undefine, ifMatch, d =>
         {
-            if (d.Removed) throw VirtdException.DomainNotFound(id);
-            CheckETag(d, ifMatch);
             if (d.Runtime.IsActive || d.Instance is not null)
                 throw new VirtdException(ErrorCodes.DomainActive, 409, "Domain active",
                     $"domain '{d.Name}' is {DomainLifecycle.Describe(d.Runtime.State)}; destroy or shut it down first");
             _store.Delete(d.Name);
             d.PublishDomainEvent(EventTypes.DomainUndefined);
             _registry.Remove(d);
+            return d;
+        }, ct);
+
+    /// <summary>
+    /// Runs a definition change inline under the domain's gate: look up → take the gate → re-check the
+    /// domain still exists and <c>If-Match</c> → change → release.
+    /// </summary>
+    private async Task<DomainObject> UnderGateAsync(string id, JobKind kind, string? ifMatch, Func<DomainObject, DomainObject> change, CancellationToken ct)
+    {
+        var d = Get(id);
+        var job = await _scheduler.AcquireInlineAsync(kind, d, ct).ConfigureAwait(false);
+        try
+        {
+            if (d.Removed) throw VirtdException.DomainNotFound(id);
+            CheckETag(d, ifMatch);
+            return change(d);
         }
         finally
         {
@@ -182,9 +183,9 @@ public sealed class DomainService
             DomainAction.Shutdown => (body as ShutdownRequest) ?? new ShutdownRequest(),
             _ => null,
         };
-        // Destroy signals before it is queued: a job holding the gate then fails fast because the VM is gone.
-        if (args is DomainLifecycle.DestroyState destroy) _lifecycle.SignalEarly(d, destroy);
-        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind));
+        // Destroy signals before it takes the gate (inside Submit, once the job it overtakes is marked superseded).
+        Action? signal = args is DomainLifecycle.DestroyState destroy ? () => _lifecycle.SignalEarly(d, destroy) : null;
+        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind), signal);
     }
 
     private void RestartAfterExit(DomainObject d)

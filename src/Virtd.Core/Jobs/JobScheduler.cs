@@ -61,9 +61,11 @@ public sealed class JobScheduler : IAsyncDisposable
     /// <summary>
     /// Queues an action job. Throws <c>queue-full</c> (429) past the global or per-domain limit and
     /// <c>shutting-down</c> (503) once shutdown began. Destroy bypasses both limits and supersedes the
-    /// domain's queued jobs.
+    /// domain's queued jobs; its <paramref name="signal"/> runs once the queued jobs are superseded and
+    /// the running one is marked superseded, and before the destroy can reach a worker. So the running job
+    /// fails fast and is reported superseded, and the signal can only reach the VM this destroy was for.
     /// </summary>
-    public Job Submit(JobKind kind, DomainObject domain, object? args, JobRunner runner)
+    public Job Submit(JobKind kind, DomainObject domain, object? args, JobRunner runner, Action? signal = null)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
         var now = _time.GetUtcNow();
@@ -89,6 +91,7 @@ public sealed class JobScheduler : IAsyncDisposable
                 else
                     holder.CancelRunning($"superseded by destroy job {job.Id}", job.Id);
             }
+            signal?.Invoke();
             if (isHolder) Dispatch(job);
             else ArmWaitTimer(job);
             return job;

@@ -143,6 +143,67 @@ public sealed class JobGateTests
         Assert.Null(d.Instance);
     }
 
+    /// <summary>
+    /// The destroy's SIGTERM may end the VM at once, so by the time it goes out the running job must
+    /// already know a destroy overtook it and the queued ones must be superseded (else the running job
+    /// takes the exit for its own success and hands the gate to a queued one).
+    /// </summary>
+    [Fact]
+    public async Task Destroy_SignalsOnlyAfterSupersedingAndBeforeItCanRun()
+    {
+        await using var h = new CoreHarness();
+        var d = await h.DefineRunningAsync("ordered");
+        var hung = new BlockingRunner();
+        var holding = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        await hung.WaitStartedAsync();
+        var queued = h.Service.SubmitAction("ordered", DomainAction.Reset, null);
+        (Guid? HolderSupersededBy, JobState Queued)? atSignal = null;
+
+        var destroy = h.Scheduler.Submit(JobKind.Destroy, d, new DomainLifecycle.DestroyState(new DestroyRequest()),
+            h.Lifecycle.RunnerFor(JobKind.Destroy), signal: () => atSignal = (holding.SupersededBy, queued.State));
+
+        Assert.NotNull(atSignal);
+        Assert.Equal(destroy.Id, atSignal.Value.HolderSupersededBy);
+        Assert.Equal(JobState.Superseded, atSignal.Value.Queued);
+        await CoreHarness.FinishedAsync(destroy);
+        Assert.Equal(JobState.Superseded, holding.State);
+    }
+
+    /// <summary>
+    /// The destroy's SIGTERM ends an obedient VM at once. If it went out before the running shutdown was
+    /// marked superseded, the shutdown could see the exit first, report "succeeded by acpi" and hand the
+    /// gate to the queued suspend, which then failed instead of being superseded. Many rounds, several
+    /// domains at once, so thread-pool timing gets its chances.
+    /// </summary>
+    [Fact]
+    public async Task Destroy_DuringARunningShutdown_AlwaysSupersedesItAndTheQueuedJobs()
+    {
+        await using var h = new CoreHarness();
+        async Task Rounds(string name)
+        {
+            var d = await h.DefineRunningAsync(name, new SimulationConfig { IgnoresAcpi = true });
+            for (var i = 0; i < 25; i++)
+            {
+                if (i > 0) await h.RunAsync(name, DomainAction.Start);
+                var shutdown = h.Service.SubmitAction(name, DomainAction.Shutdown, new ShutdownRequest { Timeout = 600 });
+                await CoreHarness.WaitUntilAsync(() => shutdown.State == JobState.Running && d.Runtime.State == DomainState.ShuttingDown, "the shutdown runs");
+                var suspend = h.Service.SubmitAction(name, DomainAction.Suspend, null);
+
+                var destroy = await h.RunAsync(name, DomainAction.Destroy);
+
+                await CoreHarness.FinishedAsync(shutdown);
+                await CoreHarness.FinishedAsync(suspend);
+                Assert.Equal(JobState.Succeeded, destroy.State);
+                Assert.Equal(StopStage.Sigterm, destroy.Result!.StoppedBy);
+                Assert.Equal(JobState.Superseded, shutdown.State);
+                Assert.Equal(JobState.Superseded, suspend.State);
+                Assert.Equal(DomainState.ShutOff, d.Runtime.State);
+                Assert.Equal(StateReasons.Destroyed, d.Runtime.Reason);
+            }
+        }
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(i => Task.Run(() => Rounds($"race-{i}"))));
+    }
+
     [Fact]
     public async Task Destroy_WhenDefinitionRequestsAreQueued_KeepsThemBehindIt()
     {
