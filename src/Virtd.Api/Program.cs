@@ -6,6 +6,7 @@ using Virtd.Api.Jobs;
 
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddVirtdCore(args);
+builder.AddQemuDriver();
 builder.AddSimulatedDriver();
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>

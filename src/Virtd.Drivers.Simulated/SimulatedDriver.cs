@@ -24,7 +24,7 @@ public sealed class SimulatedDriver(SimulatedOptions options, TimeProvider time,
     internal TimeSpan MonitorTimeout => options.MonitorTimeout;
     internal TimeProvider Time => time;
 
-    public Task InitializeAsync(IReadOnlyList<DomainObject> domains, CancellationToken cancellationToken)
+    public Task InitializeAsync(IReadOnlyList<DomainObject> domains, IVmHost host, CancellationToken cancellationToken)
     {
         // Simulated VMs live in this process only: nothing survives a daemon restart to take back.
         log.LogInformation("simulated driver ready");

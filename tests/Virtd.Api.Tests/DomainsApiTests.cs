@@ -147,15 +147,16 @@ public sealed class DomainsApiTests
     }
 
     [Fact]
-    public async Task Define_WithQemuDriver_IsStoredButStartIs409HypervisorUnavailable()
+    public async Task Define_WithQemuDriverAndNoQemu_IsStoredButStartIs409HypervisorUnavailable()
     {
-        await using var app = new VirtdApplication();
+        await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Qemu:Binary"] = "/nonexistent/qemu-system-x86_64" });
         using var http = app.CreateClient();
         await http.DefineAsync(new { name = "real", memoryMiB = 64, driver = "qemu" });
 
         var r = await http.PostActionAsync("real", "start");
 
-        await r.AssertProblemAsync(HttpStatusCode.Conflict, "hypervisor-unavailable");
+        var p = await r.AssertProblemAsync(HttpStatusCode.Conflict, "hypervisor-unavailable");
+        Assert.Contains("/nonexistent/qemu-system-x86_64", p.GetProperty("detail").GetString());
         Assert.Equal("shut-off", await http.StateOfAsync("real"));
     }
 

@@ -1,5 +1,6 @@
 using Virtd.Core.Configuration;
 using Virtd.Core.Events;
+using Virtd.Drivers.Qemu;
 
 namespace Virtd.Api.Hosting;
 
@@ -7,7 +8,7 @@ namespace Virtd.Api.Hosting;
 public sealed class ConfigurationException(string message) : Exception(message);
 
 /// <summary>All options, bound and checked together.</summary>
-public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events)
+public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu)
 {
     /// <summary>Binds every section; a value of the wrong type or out of range throws <see cref="ConfigurationException"/> naming the key.</summary>
     public static VirtdConfiguration Bind(IConfiguration configuration)
@@ -24,12 +25,15 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             configuration.GetSection("Simulated").Bind(sim);
             var events = new EventsOptions();
             configuration.GetSection("Events").Bind(events);
+            var qemu = new QemuOptions();
+            configuration.GetSection("Qemu").Bind(qemu);
             var errors = OptionsValidation.Validate(virtd, storage, jobs, sim);
+            errors.AddRange(qemu.Validate());
             if (events.ReplayBuffer is < 1 or > 10_000_000) errors.Add("Events:ReplayBuffer: must be between 1 and 10000000");
             if (events.SubscriberQueue is < 1 or > 10_000_000) errors.Add("Events:SubscriberQueue: must be between 1 and 10000000");
             if (events.HeartbeatSeconds is < 1 or > 3600) errors.Add("Events:HeartbeatSeconds: must be between 1 and 3600");
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
-            return new VirtdConfiguration(virtd, storage, jobs, sim, events);
+            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu);
         }
         catch (InvalidOperationException e)
         {

@@ -45,7 +45,8 @@ public sealed class VirtdDaemon(
 
         var sw = Stopwatch.StartNew();
         var all = domains.Registry.List();
-        await Task.WhenAll(drivers.All.Select(d => d.InitializeAsync(all, cancellationToken))).ConfigureAwait(false);
+        var lifecycle = services.GetRequiredService<DomainLifecycle>();
+        await Task.WhenAll(drivers.All.Select(d => d.InitializeAsync(all, lifecycle, cancellationToken))).ConfigureAwait(false);
         log.LogInformation("stage drivers: {Ms:0.0} ms ({Drivers})", sw.Elapsed.TotalMilliseconds,
             string.Join(", ", drivers.All.Select(d => $"{d.Kind.ToString().ToLowerInvariant()}: {(d.Info.Available ? "available" : d.Info.Detail)}")));
 

@@ -5,6 +5,7 @@ using Virtd.Core.Drivers;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
 using Virtd.Core.Persistence;
+using Virtd.Drivers.Qemu;
 using Virtd.Drivers.Simulated;
 
 namespace Virtd.Api.Hosting;
@@ -29,6 +30,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Jobs);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
 
         s.AddSingleton<EventBus>();
         s.AddSingleton<DomainRegistry>();
@@ -47,6 +49,13 @@ public static class VirtdHostingExtensions
         s.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         s.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
         s.AddProblemDetails();
+        return builder;
+    }
+
+    public static IHostApplicationBuilder AddQemuDriver(this IHostApplicationBuilder builder)
+    {
+        builder.Services.AddSingleton<QemuDriver>();
+        builder.Services.AddSingleton<IHypervisorDriver>(sp => sp.GetRequiredService<QemuDriver>());
         return builder;
     }
 

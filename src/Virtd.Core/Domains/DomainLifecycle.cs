@@ -10,7 +10,7 @@ namespace Virtd.Core.Domains;
 /// the stop contract of seed 001 (SIGTERM, wait, SIGKILL unless graceful) lives here once for every driver.
 /// Each runner reads as one line: re-check state → driver call → record state.
 /// </summary>
-public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, ILogger<DomainLifecycle> log)
+public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, ILogger<DomainLifecycle> log) : IVmHost
 {
     /// <summary>How long to wait for death after SIGKILL before calling it a hypervisor error.</summary>
     public static readonly TimeSpan KillConfirmTimeout = TimeSpan.FromSeconds(5);
@@ -273,8 +273,30 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (restart) RestartRequested?.Invoke(d);
     }
 
+    private DateTimeOffset Now => time.GetUtcNow();
+
+    public IVmEventSink Adopt(DomainObject domain, IVmInstance vm, DomainDefinition live, DomainState state, string reason, DateTimeOffset startedAt)
+    {
+        domain.PendingStop = StopIntent.None;
+        domain.Attach(vm, live, state, reason, StateReasons.Reconnecting, time.GetUtcNow(), startedAt);
+        var sink = new Sink(this, domain);
+        if (vm.Exited.IsCompleted) OnExited(domain, vm, vm.Exited.Result); // died while being adopted
+        return sink;
+    }
+
+    public void MarkStopped(DomainObject domain, string reason) =>
+        domain.MarkInactive(DomainState.ShutOff, reason, "stopped", time.GetUtcNow());
+
     private sealed class Sink(DomainLifecycle owner, DomainObject domain) : IVmEventSink
     {
         public void OnExited(IVmInstance vm, VmExit exit) => owner.OnExited(domain, vm, exit);
+
+        public void OnStateChanged(IVmInstance vm, DomainState state, string reason, string lifecycleEvent) =>
+            domain.Transition(vm, state, reason, lifecycleEvent, owner.Now);
+
+        public void OnStateObserved(IVmInstance vm, DomainState state, string reason, string lifecycleEvent) =>
+            domain.Observe(vm, state, reason, lifecycleEvent, owner.Now);
+
+        public void OnGuestEvent(IVmInstance vm, string lifecycleEvent) => domain.PublishGuestEvent(vm, lifecycleEvent);
     }
 }

@@ -83,11 +83,12 @@ public sealed class DomainObject
     }
 
     /// <summary>Records a newly running VM and its state in one step.</summary>
-    public void Attach(IVmInstance instance, DomainDefinition live, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    public void Attach(IVmInstance instance, DomainDefinition live, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now,
+        DateTimeOffset? startedAt = null)
     {
         lock (_sync)
         {
-            var runtime = new RuntimeState(state, reason, now, now, instance.Pid);
+            var runtime = new RuntimeState(state, reason, now, startedAt ?? now, instance.Pid);
             _view = _view with { Live = live, Runtime = runtime, Instance = instance };
             Publish(lifecycleEvent, runtime);
         }
@@ -112,6 +113,50 @@ public sealed class DomainObject
             _view = _view with { Runtime = runtime };
             Publish(lifecycleEvent, runtime);
             return true;
+        }
+    }
+
+    /// <summary>
+    /// Records a state read from the hypervisor (re-adoption): like <see cref="Transition"/>, but a changed
+    /// reason alone is a change too. Returns whether it changed.
+    /// </summary>
+    public bool Observe(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        if (state is DomainState.ShutOff or DomainState.Crashed)
+            throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
+        lock (_sync)
+        {
+            var current = _view.Runtime;
+            if ((current.State == state && current.Reason == reason) || !ReferenceEquals(_view.Instance, vm)) return false;
+            var runtime = current with { State = state, Reason = reason, ChangedAt = now };
+            _view = _view with { Runtime = runtime };
+            Publish(lifecycleEvent, runtime);
+            return true;
+        }
+    }
+
+    /// <summary>Publishes a lifecycle event that changes no state, if <paramref name="vm"/> is still the running VM.</summary>
+    public bool PublishGuestEvent(IVmInstance vm, string lifecycleEvent)
+    {
+        lock (_sync)
+        {
+            if (!ReferenceEquals(_view.Instance, vm)) return false;
+            Publish(lifecycleEvent, _view.Runtime);
+            return true;
+        }
+    }
+
+    /// <summary>An inactive domain whose state must say why (a VM that died while no daemon watched it).</summary>
+    public void MarkInactive(DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    {
+        if (state is not (DomainState.ShutOff or DomainState.Crashed))
+            throw new ArgumentException("only an inactive state", nameof(state));
+        lock (_sync)
+        {
+            if (_view.Instance is not null) return;
+            var runtime = new RuntimeState(state, reason, now);
+            _view = _view with { Runtime = runtime, Live = null };
+            Publish(lifecycleEvent, runtime);
         }
     }
 

@@ -36,14 +36,18 @@ public sealed class DomainService
         _bus = bus;
         _time = time;
         _log = log;
-        // Unset: QEMU when its driver is built in and found a usable QEMU, else the simulated driver.
-        DefaultDriver = options.DefaultDriver
-            ?? (drivers.Find(DriverKind.Qemu) is { Info.Available: true } ? DriverKind.Qemu : DriverKind.Simulated);
+        _configuredDriver = options.DefaultDriver;
         _lifecycle.RestartRequested = RestartAfterExit;
     }
 
-    /// <summary>The driver a definition without one gets.</summary>
-    public DriverKind DefaultDriver { get; }
+    private readonly DriverKind? _configuredDriver;
+
+    /// <summary>
+    /// The driver a definition without one gets. Unset: QEMU when its driver is built in and found a usable
+    /// QEMU (known once the drivers have initialised), else the simulated driver.
+    /// </summary>
+    public DriverKind DefaultDriver => _configuredDriver
+        ?? (_drivers.Find(DriverKind.Qemu) is { Info.Available: true } ? DriverKind.Qemu : DriverKind.Simulated);
 
     public DomainRegistry Registry => _registry;
 

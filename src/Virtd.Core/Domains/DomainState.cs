@@ -22,6 +22,14 @@ public static class StateReasons
     public const string Rebooted = "rebooted";
     public const string Restarted = "restarted";
     public const string Acpi = "acpi";
+    /// <summary>Paused by the hypervisor itself (an I/O error, a guest-requested stop), not by a job.</summary>
+    public const string Hypervisor = "hypervisor";
+    /// <summary>Found running at daemon start; the monitor is being reconnected.</summary>
+    public const string Reconnecting = "reconnecting";
+    /// <summary>Re-adopted at daemon start; state read from the hypervisor.</summary>
+    public const string Reconnected = "reconnected";
+    /// <summary>Re-adopted, but the monitor did not answer within the reconnect timeout.</summary>
+    public const string MonitorUnresponsive = "monitor-unresponsive";
 }
 
 /// <summary>An immutable view of a domain's runtime; replaced as a whole on every change.</summary>

@@ -46,14 +46,50 @@ public interface IVmInstance
     Task RebootAsync(CancellationToken cancellationToken);
 }
 
-/// <summary>Receives what happens to a VM on its own (exit). Called from the driver's own event handling.</summary>
+/// <summary>
+/// Receives what happens to a VM on its own (exit, a pause the guest or QEMU caused, a guest reboot).
+/// Called from the driver's per-VM event handling; each call is ignored when <paramref name="vm"/> is no
+/// longer the domain's running VM.
+/// </summary>
 public interface IVmEventSink
 {
     void OnExited(IVmInstance vm, VmExit exit);
+
+    /// <summary>The VM moved to another active state (publishes only when the state differs).</summary>
+    void OnStateChanged(IVmInstance vm, DomainState state, string reason, string lifecycleEvent);
+
+    /// <summary>The state was read from the hypervisor (re-adoption): publishes when the state or its reason differs.</summary>
+    void OnStateObserved(IVmInstance vm, DomainState state, string reason, string lifecycleEvent);
+
+    /// <summary>Something happened to the guest that does not change its state (a reboot the guest did itself).</summary>
+    void OnGuestEvent(IVmInstance vm, string lifecycleEvent);
+}
+
+/// <summary>What drivers get at start to hand back VMs that outlived the previous daemon.</summary>
+public interface IVmHost
+{
+    /// <summary>Attaches a running VM found at start (re-adoption) with the definition it runs; returns its event sink.</summary>
+    IVmEventSink Adopt(DomainObject domain, IVmInstance vm, DomainDefinition live, DomainState state, string reason, DateTimeOffset startedAt);
+
+    /// <summary>The domain's VM did not survive while no daemon watched it: shut off with <paramref name="reason"/>.</summary>
+    void MarkStopped(DomainObject domain, string reason);
 }
 
 /// <summary>What <c>GET /host</c> shows of a driver.</summary>
-public sealed record HypervisorInfo(DriverKind Driver, bool Available, string? Version, string? Detail, int RunningVms);
+public sealed record HypervisorInfo(DriverKind Driver, bool Available, string? Version, string? Detail, int RunningVms)
+{
+    /// <summary>The hypervisor binary in use (QEMU).</summary>
+    public string? Binary { get; init; }
+
+    /// <summary>The accelerator guests run with: <c>kvm</c> or <c>tcg</c> (QEMU).</summary>
+    public string? Accelerator { get; init; }
+
+    /// <summary>Machine types the hypervisor offers, as read from it at start.</summary>
+    public IReadOnlyList<string>? Machines { get; init; }
+
+    /// <summary>Whether guests run under QEMU's seccomp sandbox.</summary>
+    public bool? Sandbox { get; init; }
+}
 
 /// <summary>
 /// A hypervisor driver. Life: <see cref="InitializeAsync"/> at start (drivers in parallel);
@@ -66,8 +102,11 @@ public interface IHypervisorDriver
 
     HypervisorInfo Info { get; }
 
-    /// <summary>Sets the driver up and takes back the VMs of <paramref name="domains"/> that still run.</summary>
-    Task InitializeAsync(IReadOnlyList<DomainObject> domains, CancellationToken cancellationToken);
+    /// <summary>
+    /// Sets the driver up and takes back, through <paramref name="host"/>, the VMs of <paramref name="domains"/>
+    /// that still run. Must not wait for an unresponsive VM: reconnecting runs on after this returns.
+    /// </summary>
+    Task InitializeAsync(IReadOnlyList<DomainObject> domains, IVmHost host, CancellationToken cancellationToken);
 
     void ShutdownPrepare();
 
