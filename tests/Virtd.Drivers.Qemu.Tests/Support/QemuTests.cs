@@ -1,0 +1,207 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Virtd.Api.Tests.Support;
+using Virtd.Core.Events;
+
+namespace Virtd.Drivers.Qemu.Tests.Support;
+
+/// <summary>Tests that run real QEMU processes run one at a time: TCG guests share the machine's two cores.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class QemuCollection
+{
+    public const string Name = "real QEMU";
+}
+
+/// <summary>
+/// The daemon in-process with the QEMU driver (a short monitor timeout so hung-VM tests stay quick).
+/// Disposing it kills every QEMU it started: a stopped daemon leaves its VMs running, by design.
+/// </summary>
+public sealed class QemuApp : IAsyncDisposable
+{
+    public static readonly TimeSpan MonitorTimeout = TimeSpan.FromSeconds(2);
+
+    /// <param name="testGuest">Also allow the test guest's kernel and initrd (its directory becomes a second storage pool).</param>
+    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false)
+    {
+        QemuHost.RequireQemu();
+        var state = TestDirectories.Create("virtd-qemu-");
+        var all = new Dictionary<string, string?>
+        {
+            ["DefaultDriver"] = "qemu",
+            ["Qemu:MonitorTimeout"] = MonitorTimeout.ToString(),
+        };
+        if (testGuest)
+        {
+            all["Storage:Pools:0"] = Path.Combine(state, "images");
+            all["Storage:Pools:1"] = TestGuest.Directory;
+        }
+        if (settings is not null) foreach (var (k, v) in settings) all[k] = v;
+        App = new VirtdApplication(state, all);
+        Http = App.CreateClient();
+        Http.Timeout = TimeSpan.FromSeconds(60);
+    }
+
+    public VirtdApplication App { get; }
+    public HttpClient Http { get; }
+    public string RunDirectory => App.RunDirectory;
+    public string LogDirectory => Path.Combine(App.StateDirectory, "log");
+
+    public EventBus.Subscription Subscribe(string domain) =>
+        App.Services.GetRequiredService<EventBus>().Subscribe(new EventFilter([domain], ["domain."]), null);
+
+    /// <summary>Defines a diskless VM (SeaBIOS finds nothing to boot and halts: the cheapest real VM).</summary>
+    public Task<JsonElement> DefineDisklessAsync(string name, object? extra = null) =>
+        Http.DefineAsync(Merge(new Dictionary<string, object?> { ["name"] = name, ["memoryMiB"] = 64 }, extra));
+
+    public async Task<int> StartAsync(string name)
+    {
+        var job = await Http.ActAsync(name, "start", wait: 60);
+        Assert.True(job.Str("state") == "succeeded", $"start of {name} failed: {job}");
+        var d = await Http.GetDomainAsync(name);
+        Assert.Equal("running", d.Str("state"));
+        return d.GetProperty("pid").GetInt32();
+    }
+
+    public static Dictionary<string, object?> Merge(Dictionary<string, object?> d, object? extra)
+    {
+        if (extra is null) return d;
+        foreach (var p in JsonSerializer.SerializeToElement(extra, VirtdApplication.Json).EnumerateObject())
+            d[p.Name] = p.Value;
+        return d;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Http.Dispose();
+        await App.DisposeAsync();
+        QemuHost.KillAll(RunDirectory);
+    }
+}
+
+/// <summary>Facts about QEMU processes on this machine, read from /proc.</summary>
+public static class QemuHost
+{
+    public static void RequireQemu()
+    {
+        if (QemuDiscovery.FindBinary(null).Path is null)
+            Assert.Fail("qemu-system-x86_64 is not installed: scripts/install-deps installs it (apt-get install qemu-system-x86)");
+    }
+
+    public static bool IsAlive(int pid) => Native.ProcFs.IsAlive(pid);
+
+    /// <summary>The process state letter ('S', 'R', 'T' when stopped), or null when gone.</summary>
+    public static char? State(int pid) => Native.ProcFs.ReadStat(pid)?.State;
+
+    public static IReadOnlyList<string> Cmdline(int pid) => Native.ProcFs.ReadCmdline(pid) ?? [];
+
+    public static int SessionId(int pid)
+    {
+        var text = File.ReadAllText($"/proc/{pid}/stat");
+        var fields = text[(text.LastIndexOf(')') + 2)..].Split(' ');
+        return int.Parse(fields[3]); // field 6: session
+    }
+
+    /// <summary>The files the process has open (targets of /proc/pid/fd links).</summary>
+    public static IReadOnlyList<string> OpenFiles(int pid) =>
+        Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd").Select(f => new FileInfo(f).LinkTarget ?? "").ToList();
+
+    public static void Signal(int pid, string signal)
+    {
+        using var p = Process.Start(new ProcessStartInfo("kill", ["-s", signal, pid.ToString()]) { UseShellExecute = false })!;
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+    }
+
+    /// <summary>Pids of the QEMU processes whose command line mentions <paramref name="runDirectory"/>.</summary>
+    public static List<int> FindAll(string runDirectory)
+    {
+        var pids = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
+            var argv = Native.ProcFs.ReadCmdline(pid);
+            if (argv is { Count: > 0 } && argv[0].Contains("qemu-system", StringComparison.Ordinal)
+                && argv.Any(a => a.Contains(runDirectory + "/", StringComparison.Ordinal)) && IsAlive(pid))
+                pids.Add(pid);
+        }
+        return pids;
+    }
+
+    public static void KillAll(string runDirectory)
+    {
+        foreach (var pid in FindAll(runDirectory))
+        {
+            try
+            {
+                Signal(pid, "CONT");
+                Signal(pid, "KILL");
+            }
+            catch (Exception) { } // gone meanwhile
+        }
+    }
+
+    /// <summary>Polls until <paramref name="condition"/> holds; fails the test at the deadline.</summary>
+    public static async Task WaitUntilAsync(Func<bool> condition, string what, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(15));
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"timed out waiting for {what}");
+            await Task.Delay(20);
+        }
+    }
+}
+
+/// <summary>The bootable test guest of scripts/build-test-guest (built once per run, cached by the script).</summary>
+public static class TestGuest
+{
+    public const string ReadyLine = "virtd-test-guest: ready";
+
+    private static readonly Lazy<(string Kernel, string Initrd)> Built = new(Build);
+
+    public static string Kernel => Built.Value.Kernel;
+    public static string Initrd => Built.Value.Initrd;
+    public static string Directory => Path.GetDirectoryName(Kernel)!;
+
+    /// <summary>A definition of the test guest (kernel boot, 128 MiB: less and the kernel does not come up).</summary>
+    public static Dictionary<string, object?> Definition(string name, object? extra = null) => QemuApp.Merge(new Dictionary<string, object?>
+    {
+        ["name"] = name,
+        ["memoryMiB"] = 128,
+        ["boot"] = new { kernel = Kernel, initrd = Initrd, cmdline = "console=ttyS0 quiet panic=-1" },
+    }, extra);
+
+    /// <summary>Waits until the guest printed its ready line <paramref name="times"/> times on its serial console.</summary>
+    public static Task WaitReadyAsync(QemuApp app, string name, int times = 1) =>
+        QemuHost.WaitUntilAsync(() => CountReady(Path.Combine(app.LogDirectory, $"{name}.console.log")) >= times,
+            $"{name} to print '{ReadyLine}' {times} time(s)", TimeSpan.FromSeconds(60));
+
+    private static int CountReady(string console)
+    {
+        try
+        {
+            using var fs = new FileStream(console, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return new StreamReader(fs).ReadToEnd().Split('\n').Count(l => l.Contains(ReadyLine, StringComparison.Ordinal));
+        }
+        catch (IOException) { return 0; }
+    }
+
+    private static (string, string) Build()
+    {
+        var root = AppContext.BaseDirectory;
+        while (root is not null && !File.Exists(Path.Combine(root, "Api.sln"))) root = Path.GetDirectoryName(root);
+        if (root is null) throw new InvalidOperationException("cannot find the repository root (Api.sln) above " + AppContext.BaseDirectory);
+        var script = Path.Combine(root, "scripts", "build-test-guest");
+        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) throw new TimeoutException("scripts/build-test-guest took over 5 minutes");
+        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/build-test-guest failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
+        var lines = stdout.Result.Split('\n');
+        string Value(string key) => lines.Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
+            ?? throw new InvalidOperationException($"scripts/build-test-guest printed no '{key}=' line: {stdout.Result}");
+        return (Value("kernel"), Value("initrd"));
+    }
+}
