@@ -14,17 +14,20 @@ public sealed class DaemonProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly StringBuilder _output = new();
 
-    private DaemonProcess(Process process, int port, string stateDirectory)
+    private DaemonProcess(Process process, int port, string stateDirectory, string runDirectory)
     {
         _process = process;
         Port = port;
         StateDirectory = stateDirectory;
+        RunDirectory = runDirectory;
         Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
     }
 
     public int Port { get; }
     public string StateDirectory { get; }
+    public string RunDirectory { get; }
     public HttpClient Http { get; }
+    public int Pid => _process.Id;
 
     /// <summary>Everything the daemon wrote to stdout and stderr so far.</summary>
     public string Output
@@ -32,13 +35,16 @@ public sealed class DaemonProcess : IAsyncDisposable
         get { lock (_output) return _output.ToString(); }
     }
 
-    public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null)
+    /// <param name="stateDirectory">Reuse a state directory (a restart); a new temporary one when null.</param>
+    /// <param name="runDirectory">Reuse a run directory (a restart finds the VMs it left running); a new one when null.</param>
+    public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null,
+        string? stateDirectory = null, string? runDirectory = null)
     {
         var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
         if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
         var port = FreePort();
-        var state = TestDirectories.Create("virtd-proc-");
-        var run = TestDirectories.Create("virtd-run-");
+        var state = stateDirectory ?? TestDirectories.Create("virtd-proc-");
+        var run = runDirectory ?? TestDirectories.Create("virtd-run-");
 
         var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
@@ -58,7 +64,7 @@ public sealed class DaemonProcess : IAsyncDisposable
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
-        var d = new DaemonProcess(process, port, state);
+        var d = new DaemonProcess(process, port, state, run);
         process.OutputDataReceived += (_, e) => d.Append(e.Data);
         process.ErrorDataReceived += (_, e) => d.Append(e.Data);
         process.Start();
@@ -101,6 +107,13 @@ public sealed class DaemonProcess : IAsyncDisposable
         }
         _process.WaitForExit(); // drains the output readers
         return _process.ExitCode;
+    }
+
+    /// <summary>SIGKILL to the daemon alone (not its process tree): a crash, as far as it can tell.</summary>
+    public async Task KillAsync()
+    {
+        _process.Kill(entireProcessTree: false);
+        await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
     }
 
     public async ValueTask DisposeAsync()
