@@ -1,0 +1,51 @@
+# Shared by the benchmarks: build, start virtd on a private state directory, always stop it (and any
+# QEMU it started) at the end. Source it after setting `bench` (the benchmark's name) and `port`.
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+base="http://127.0.0.1:$port"
+pid=""
+tmp=$(mktemp -d /tmp/virtd-bench.XXXXXX)
+
+die() { echo "bench/$bench: $*" >&2; exit 1; }
+
+bench_cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done   # ≤ 10 s
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  # VMs outlive the daemon by design: end the ones this benchmark started.
+  pkill -KILL -f -- "$tmp/run/" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+# bench_build [extra projects...]: the daemon in Release, and whatever else the benchmark runs.
+bench_build() {
+  echo "== build (Release)"
+  for project in src/Virtd.Api "$@"; do
+    dotnet build "$project" -c Release -nologo -v quiet >/dev/null || die "build of $project failed; run: dotnet build $project -c Release"
+  done
+}
+
+# bench_start_daemon [daemon args...]: starts virtd on $base and waits until it is ready.
+bench_start_daemon() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then die "port $port is already in use (set VIRTD_BENCH_PORT)"; fi
+  echo "== starting virtd on $base ($*)"
+  dotnet src/Virtd.Api/bin/Release/net10.0/virtd.dll --urls "$base" --StateDirectory "$tmp/state" --RunDirectory "$tmp/run" \
+    "$@" >"$tmp/daemon.log" 2>&1 &
+  pid=$!
+  local deadline=$((SECONDS + 60))
+  until curl -fsS -o /dev/null "$base/readyz" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$tmp/daemon.log" >&2; die "the daemon exited during start-up"; }
+    [ "$SECONDS" -lt "$deadline" ] || die "not ready after 60 s"
+    sleep 0.1
+  done
+}
+
+bench_log_errors() {
+  if grep -qiE '\b(fail|crit|error)' "$tmp/daemon.log"; then
+    echo "daemon log has errors:"; grep -iE '\b(fail|crit|error)' "$tmp/daemon.log" | head -n 10
+  fi
+}

@@ -1,0 +1,115 @@
+using System.Diagnostics;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Virtd.Bench;
+
+// Benchmark client for a running virtd: `virtd-bench lifecycle --url http://127.0.0.1:8478 [--starts 30] [--vms 10] [--seconds 10]`.
+var opts = Args.Parse(args);
+using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 64 })
+{
+    BaseAddress = new Uri(opts.Get("url", "http://127.0.0.1:8478")),
+    Timeout = TimeSpan.FromMinutes(2),
+};
+switch (opts.Command)
+{
+    case "lifecycle":
+        return await Lifecycle.RunAsync(http, opts.Int("starts", 30), opts.Int("vms", 10), opts.Int("seconds", 10));
+    default:
+        Console.Error.WriteLine("usage: virtd-bench lifecycle --url URL [--starts N] [--vms N] [--seconds N]");
+        return 2;
+}
+
+namespace Virtd.Bench
+{
+    internal sealed record Args(string Command, Dictionary<string, string> Values)
+    {
+        public static Args Parse(string[] args)
+        {
+            var values = new Dictionary<string, string>();
+            for (var i = 1; i + 1 < args.Length; i += 2) values[args[i].TrimStart('-')] = args[i + 1];
+            return new Args(args.Length > 0 ? args[0] : "", values);
+        }
+
+        public string Get(string key, string fallback) => Values.GetValueOrDefault(key, fallback);
+        public int Int(string key, int fallback) => Values.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
+    }
+
+    internal static class Lifecycle
+    {
+        public static async Task<int> RunAsync(HttpClient http, int starts, int vms, int seconds)
+        {
+            // Start and destroy of diskless VMs, one at a time (request → running, request → shut off).
+            var start = new List<double>();
+            var destroy = new List<double>();
+            await DefineAsync(http, "bench-seq");
+            for (var i = 0; i < starts + 3; i++)
+            {
+                var s = await TimedAsync(http, "bench-seq", "start", "running");
+                var d = await TimedAsync(http, "bench-seq", "destroy", "shut-off");
+                if (i < 3) continue; // warm-up
+                start.Add(s);
+                destroy.Add(d);
+            }
+            Console.WriteLine($"start   (request → running, {starts} runs):  p50 {P(start, 50):0.0} ms  p95 {P(start, 95):0.0} ms   goal p50 ≤ 80 ms   libvirt 9.0: 344 ms");
+            Console.WriteLine($"destroy (request → shut off, {starts} runs): p50 {P(destroy, 50):0.0} ms  p95 {P(destroy, 95):0.0} ms   goal p50 ≤ 20 ms   libvirt 9.0: 226 ms");
+
+            // Suspend + resume over several VMs from as many clients.
+            var names = Enumerable.Range(0, vms).Select(i => $"bench-{i}").ToList();
+            foreach (var n in names)
+            {
+                await DefineAsync(http, n);
+                await TimedAsync(http, n, "start", "running");
+            }
+            var ops = 0L;
+            var latencies = new List<double>[vms];
+            var stopAt = Stopwatch.StartNew();
+            await Task.WhenAll(names.Select(async (n, i) =>
+            {
+                latencies[i] = [];
+                while (stopAt.Elapsed.TotalSeconds < seconds)
+                {
+                    latencies[i].Add(await TimedAsync(http, n, "suspend", "paused"));
+                    latencies[i].Add(await TimedAsync(http, n, "resume", "running"));
+                    Interlocked.Add(ref ops, 2);
+                }
+            }));
+            var elapsed = stopAt.Elapsed.TotalSeconds;
+            var all = latencies.SelectMany(l => l).ToList();
+            Console.WriteLine($"suspend+resume ({vms} VMs, {vms} clients, {elapsed:0.0} s): {ops / elapsed:0} ops/s  p50 {P(all, 50):0.0} ms  p99 {P(all, 99):0.0} ms   goal ≥ 2,000 ops/s   libvirt 9.0: 794–901 ops/s");
+
+            foreach (var n in names.Append("bench-seq"))
+            {
+                await TimedAsync(http, n, "destroy", "shut-off");
+                await http.DeleteAsync($"/api/v1/domains/{n}");
+            }
+            return 0;
+        }
+
+        private static async Task DefineAsync(HttpClient http, string name)
+        {
+            await http.DeleteAsync($"/api/v1/domains/{name}");
+            var r = await http.PostAsJsonAsync("/api/v1/domains", new { name, memoryMiB = 64, vcpus = 1 });
+            if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"define {name}: {(int)r.StatusCode} {await r.Content.ReadAsStringAsync()}");
+        }
+
+        /// <summary>One action with ?wait=: the time from request to the finished job, which has reached <paramref name="state"/>.</summary>
+        private static async Task<double> TimedAsync(HttpClient http, string name, string action, string state)
+        {
+            var sw = Stopwatch.StartNew();
+            using var r = await http.PostAsync($"/api/v1/domains/{name}/{action}?wait=60", null);
+            var ms = sw.Elapsed.TotalMilliseconds;
+            var job = await r.Content.ReadFromJsonAsync<JsonElement>();
+            var result = job.TryGetProperty("result", out var res) && res.TryGetProperty("state", out var st) ? st.GetString() : null;
+            if (!r.IsSuccessStatusCode || job.GetProperty("state").GetString() != "succeeded" || result != state)
+                throw new InvalidOperationException($"{action} {name}: {(int)r.StatusCode} {job}");
+            return ms;
+        }
+
+        private static double P(List<double> values, int percentile)
+        {
+            if (values.Count == 0) return double.NaN;
+            var sorted = values.Order().ToList();
+            return sorted[Math.Clamp((int)Math.Ceiling(percentile / 100.0 * sorted.Count) - 1, 0, sorted.Count - 1)];
+        }
+    }
+}
