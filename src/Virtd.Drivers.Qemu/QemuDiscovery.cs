@@ -66,11 +66,27 @@ public static class QemuDiscovery
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string, DateTime, long), QemuCapabilities> Probed = new();
+
+    /// <summary>
+    /// What <paramref name="binary"/> can do: probed once per binary (path, size and modification time), so
+    /// several daemons in one process (tests) ask QEMU only once.
+    /// </summary>
+    public static async Task<QemuCapabilities> ProbeAsync(string binary, CancellationToken cancellationToken)
+    {
+        var file = new FileInfo(binary);
+        var key = (file.FullName, file.LastWriteTimeUtc, file.Length);
+        if (Probed.TryGetValue(key, out var known)) return known;
+        var caps = await ProbeUncachedAsync(binary, cancellationToken).ConfigureAwait(false);
+        Probed[key] = caps;
+        return caps;
+    }
+
     /// <summary>
     /// Starts QEMU with no machine and its monitor on stdio, reads version, machine types and whether
     /// <c>-sandbox</c> exists, and quits it. Bounded by <paramref name="cancellationToken"/>.
     /// </summary>
-    public static async Task<QemuCapabilities> ProbeAsync(string binary, CancellationToken cancellationToken)
+    private static async Task<QemuCapabilities> ProbeUncachedAsync(string binary, CancellationToken cancellationToken)
     {
         var psi = new ProcessStartInfo(binary)
         {

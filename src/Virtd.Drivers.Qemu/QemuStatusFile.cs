@@ -21,7 +21,8 @@ public sealed record QemuStatusFile(
     string Binary,
     DomainDefinition Definition)
 {
-    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, VirtdJson.Options));
+    /// <summary>Atomic (a reader sees the old file or the new one), not fsynced: it must survive the daemon, not the host.</summary>
+    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, VirtdJson.Options), durable: false);
 
     /// <summary>The status at <paramref name="path"/>, or null with why it cannot be used.</summary>
     public static (QemuStatusFile? Status, string? Problem) TryRead(string path)

@@ -5,7 +5,11 @@ namespace Virtd.Core.Persistence;
 /// <summary>Crash-safe file replacement: temp file, fsync, rename over, fsync the directory.</summary>
 public static class AtomicFile
 {
-    public static void Write(string path, ReadOnlySpan<byte> content)
+    /// <param name="durable">
+    /// Also survive power loss (fsync of the file and its directory). Runtime files of running VMs skip it: they
+    /// only need to survive the daemon's own crash, which the page cache does, and the VMs do not outlive the host.
+    /// </param>
+    public static void Write(string path, ReadOnlySpan<byte> content, bool durable = true)
     {
         var dir = Path.GetDirectoryName(path)!;
         var tmp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
@@ -14,7 +18,7 @@ public static class AtomicFile
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096, FileOptions.None))
             {
                 fs.Write(content);
-                fs.Flush(flushToDisk: true);
+                fs.Flush(flushToDisk: durable);
             }
             File.Move(tmp, path, overwrite: true);
         }
@@ -23,7 +27,7 @@ public static class AtomicFile
             TryDelete(tmp);
             throw;
         }
-        SyncDirectory(dir);
+        if (durable) SyncDirectory(dir);
     }
 
     public static void Delete(string path)
