@@ -40,6 +40,10 @@ internal sealed class QemuVm : IVmInstance
     private volatile bool _guestDown;
     private int _expectStop;
     private TaskCompletionSource? _reboot;
+    private long _lastReset = long.MinValue / 2;
+
+    /// <summary>A guest reset this soon after another reset is the firmware's own, not a second reboot.</summary>
+    private static readonly TimeSpan FirmwareResetWindow = TimeSpan.FromSeconds(1);
 
     public QemuVm(QemuDriver driver, string name, DomainDefinition definition, QemuPaths paths, int pid, PidfdHandle pidfd,
         long logOffset, bool isChild, DateTimeOffset startedAt, IVmEventSink? sink, ILogger log)
@@ -280,7 +284,12 @@ internal sealed class QemuVm : IVmInstance
                 Interlocked.Exchange(ref _expectStop, 0);
                 _sink?.OnStateChanged(this, DomainState.Running, StateReasons.Unpaused, "resumed");
                 break;
-            case "RESET" when e.DataBool("guest") == true:
+            case "RESET":
+                // After any reset SeaBIOS resets the machine once more (~30 ms later, reported as a guest reset):
+                // that one belongs to the reset before it.
+                var now = _driver.Time.GetTimestamp();
+                var sinceLast = _driver.Time.GetElapsedTime(Interlocked.Exchange(ref _lastReset, now), now);
+                if (e.DataBool("guest") != true || sinceLast < FirmwareResetWindow) break;
                 // The guest rebooted itself (a reboot command, a triple fault, panic=-1).
                 if (Definition.OnReboot == LifecycleAction.Destroy) await EndAsync(VmExitKind.GuestReset, null).ConfigureAwait(false);
                 else _sink?.OnGuestEvent(this, "rebooted");

@@ -1,4 +1,5 @@
 using Virtd.Api.Tests.Support;
+using Virtd.Core.Events;
 using Virtd.Drivers.Qemu.Tests.Support;
 
 namespace Virtd.Drivers.Qemu.Tests;
@@ -55,5 +56,72 @@ public class QemuGuestTests
         var d = await q.Http.GetDomainAsync("guest");
         Assert.Equal("shut-off", d.Str("state"));
         Assert.False(QemuHost.IsAlive(pid));
+    }
+
+    private static object ActingOnItsOwn(string action, object? extra = null) =>
+        QemuApp.Merge(new Dictionary<string, object?> { ["boot"] = new { kernel = TestGuest.Kernel, initrd = TestGuest.Initrd, cmdline = $"console=ttyS0 quiet panic=-1 virtd.test={action}" } }, extra);
+
+    [Fact]
+    public async Task GuestPoweringItselfOff_IsShutOffAtOnce_WithReasonGuestShutdown()
+    {
+        await using var q = new QemuApp(testGuest: true);
+        await q.Http.DefineAsync(TestGuest.Definition("guest", ActingOnItsOwn("poweroff")));
+        var pid = await q.StartAsync("guest");
+
+        var d = await VirtdHttp.PollAsync(() => q.Http.GetDomainAsync("guest"), d => d.Str("state") != "running", "the guest to power off",
+            TimeSpan.FromSeconds(60));
+
+        Assert.Equal(("shut-off", "guest-shutdown"), (d.Str("state"), d.Str("reason")));
+        Assert.False(QemuHost.IsAlive(pid));
+    }
+
+    [Fact]
+    public async Task GuestPoweringItselfOff_WithOnPoweroffRestart_IsStartedAgain()
+    {
+        await using var q = new QemuApp(testGuest: true);
+        await q.Http.DefineAsync(TestGuest.Definition("guest", ActingOnItsOwn("poweroff", new { onPoweroff = "restart" })));
+        var pid = await q.StartAsync("guest");
+
+        await VirtdHttp.PollAsync(() => q.Http.GetDomainAsync("guest"),
+            d => d.Str("state") == "running" && d.GetProperty("pid").GetInt32() != pid, "the guest to run again in a new QEMU", TimeSpan.FromSeconds(60));
+
+        Assert.False(QemuHost.IsAlive(pid));
+        await q.Http.ActAsync("guest", "destroy", wait: 30);
+    }
+
+    [Fact]
+    public async Task GuestRebootingItself_KeepsRunningInTheSameProcess_AndPublishesRebooted()
+    {
+        await using var q = new QemuApp(testGuest: true);
+        await q.Http.DefineAsync(TestGuest.Definition("guest", ActingOnItsOwn("reboot")));
+        using var events = q.Subscribe("guest");
+        var pid = await q.StartAsync("guest");
+
+        await TestGuest.WaitReadyAsync(q, "guest", times: 2);
+
+        var rebooted = 0;
+        while (events.Reader.TryRead(out var e))
+        {
+            if (e.Type == EventTypes.DomainLifecycle && ((DomainEventData)e.Data).Event == "rebooted") rebooted++;
+        }
+        Assert.True(rebooted >= 1, "no 'rebooted' event");
+        var d = await q.Http.GetDomainAsync("guest");
+        Assert.Equal("running", d.Str("state"));
+        Assert.Equal(pid, d.GetProperty("pid").GetInt32());
+    }
+
+    [Fact]
+    public async Task GuestRebootingItself_WithOnRebootDestroy_IsShutOff()
+    {
+        await using var q = new QemuApp(testGuest: true);
+        await q.Http.DefineAsync(TestGuest.Definition("guest", ActingOnItsOwn("reboot", new { onReboot = "destroy" })));
+        var pid = await q.StartAsync("guest");
+
+        var d = await VirtdHttp.PollAsync(() => q.Http.GetDomainAsync("guest"), d => d.Str("state") != "running", "the guest to end",
+            TimeSpan.FromSeconds(60));
+
+        Assert.Equal(("shut-off", "rebooted"), (d.Str("state"), d.Str("reason")));
+        Assert.False(QemuHost.IsAlive(pid));
+        Assert.Equal(1, File.ReadAllText(Path.Combine(q.LogDirectory, "guest.console.log")).Split('\n').Count(l => l.Contains(TestGuest.ReadyLine)));
     }
 }
