@@ -163,6 +163,7 @@ public sealed class QemuDriver : IHypervisorDriver
         QemuLog.Append(paths.Console, $"--- start of {domain.Name} ---");
         var logOffset = QemuLog.Length(paths.Log);
 
+        var clock = Stopwatch.StartNew();
         int pid;
         try { pid = Linux.Spawn(argv, QemuCommandLine.Environment, paths.Log); }
         catch (IOException e) { throw VirtdException.HypervisorError($"cannot start QEMU for domain '{domain.Name}': {e.Message}"); }
@@ -178,10 +179,15 @@ public sealed class QemuDriver : IHypervisorDriver
             new QemuStatusFile(domain.Name, uuid, pid, startTime, startedAt, paths.Monitor, _binary, definition).Write(paths.Status);
             using var start = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             start.CancelAfter(Options.StartTimeout);
+            var spawned = clock.Elapsed;
             try
             {
                 await vm.ConnectAsync(Options.StartTimeout, start.Token).ConfigureAwait(false);
+                var connected = clock.Elapsed;
                 await vm.CommandAsync("cont", null, start.Token).ConfigureAwait(false);
+                _log.LogDebug("domain {Domain}: QEMU pid {Pid} running after {Total:0.0} ms (spawn and status file {Spawn:0.0} ms, monitor {Monitor:0.0} ms, cont {Cont:0.0} ms)",
+                    domain.Name, pid, clock.Elapsed.TotalMilliseconds, spawned.TotalMilliseconds, (connected - spawned).TotalMilliseconds,
+                    (clock.Elapsed - connected).TotalMilliseconds);
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
