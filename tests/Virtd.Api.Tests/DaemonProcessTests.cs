@@ -14,6 +14,8 @@ public sealed class DaemonProcessTests
     [InlineData("--Jobs:Workers", "0", "Jobs:Workers")]
     [InlineData("--Jobs:Workers", "abc", "Jobs:Workers")]
     [InlineData("--Jobs:WaitTimeout", "-00:00:01", "Jobs:WaitTimeout")]
+    [InlineData("--Events:HeartbeatSeconds", "0", "Events:HeartbeatSeconds")]
+    [InlineData("--Events:SubscriberQueue", "0", "Events:SubscriberQueue")]
     public async Task BadCommandLineValue_ExitsNonZeroNamingTheKey(string option, string value, string key)
     {
         await using var daemon = DaemonProcess.Start([option, value]);

@@ -24,10 +24,7 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             configuration.GetSection("Simulated").Bind(sim);
             var events = new EventsOptions();
             configuration.GetSection("Events").Bind(events);
-            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim);
-            if (events.ReplayBuffer is < 1 or > 10_000_000) errors.Add("Events:ReplayBuffer: must be between 1 and 10000000");
-            if (events.SubscriberQueue is < 1 or > 10_000_000) errors.Add("Events:SubscriberQueue: must be between 1 and 10000000");
-            if (events.HeartbeatSeconds is < 1 or > 3600) errors.Add("Events:HeartbeatSeconds: must be between 1 and 3600");
+            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim, events);
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
             return new VirtdConfiguration(virtd, storage, jobs, sim, events);
         }
