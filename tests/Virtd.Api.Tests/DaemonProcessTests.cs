@@ -40,6 +40,24 @@ public sealed class DaemonProcessTests
     }
 
     [Fact]
+    public async Task Sigterm_WithEventStreamsOpen_EndsTheStreamsAndExitsPromptly()
+    {
+        await using var daemon = DaemonProcess.Start();
+        await daemon.WaitReadyAsync();
+        var streams = new List<Virtd.Tests.Support.SseClient>();
+        for (var i = 0; i < 3; i++) streams.Add(await Virtd.Tests.Support.SseClient.OpenAsync(daemon.Http, "/api/v1/events"));
+        foreach (var s in streams) await s.NextFrameAsync(TimeSpan.FromSeconds(10));
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+
+        daemon.Terminate();
+
+        foreach (var s in streams) await s.ReadToEndAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(10)));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"the daemon took {sw.Elapsed} to exit with event streams open");
+        foreach (var s in streams) await s.DisposeAsync();
+    }
+
+    [Fact]
     public async Task WorkersFromTheCommandLine_ShowInHost()
     {
         await using var daemon = DaemonProcess.Start(["--Jobs:Workers", "3"]);
