@@ -1,5 +1,6 @@
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
+using Virtd.Api.Events;
 using Virtd.Api.Host;
 using Virtd.Api.Hosting;
 using Virtd.Api.Jobs;
@@ -30,6 +31,7 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
 app.MapHostApi();
 app.MapDomainsApi();
 app.MapJobsApi();
+app.MapEventsApi();
 
 return await DaemonRunner.RunAsync(app);
 

@@ -14,6 +14,8 @@ public sealed class DaemonProcessTests
     [InlineData("--Jobs:Workers", "0", "Jobs:Workers")]
     [InlineData("--Jobs:Workers", "abc", "Jobs:Workers")]
     [InlineData("--Jobs:WaitTimeout", "-00:00:01", "Jobs:WaitTimeout")]
+    [InlineData("--Events:HeartbeatSeconds", "0", "Events:HeartbeatSeconds")]
+    [InlineData("--Events:SubscriberQueue", "0", "Events:SubscriberQueue")]
     public async Task BadCommandLineValue_ExitsNonZeroNamingTheKey(string option, string value, string key)
     {
         await using var daemon = DaemonProcess.Start([option, value]);
@@ -35,6 +37,24 @@ public sealed class DaemonProcessTests
 
         Assert.NotEqual(0, code);
         Assert.Contains("Jobs:QueueLimit", daemon.Output);
+    }
+
+    [Fact]
+    public async Task Sigterm_WithEventStreamsOpen_EndsTheStreamsAndExitsPromptly()
+    {
+        await using var daemon = DaemonProcess.Start();
+        await daemon.WaitReadyAsync();
+        var streams = new List<Virtd.Tests.Support.SseClient>();
+        for (var i = 0; i < 3; i++) streams.Add(await Virtd.Tests.Support.SseClient.OpenAsync(daemon.Http, "/api/v1/events"));
+        foreach (var s in streams) await s.NextFrameAsync(TimeSpan.FromSeconds(10));
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+
+        daemon.Terminate();
+
+        foreach (var s in streams) await s.ReadToEndAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(10)));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"the daemon took {sw.Elapsed} to exit with event streams open");
+        foreach (var s in streams) await s.DisposeAsync();
     }
 
     [Fact]

@@ -27,11 +27,8 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             configuration.GetSection("Events").Bind(events);
             var qemu = new QemuOptions();
             configuration.GetSection("Qemu").Bind(qemu);
-            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim);
+            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim, events);
             errors.AddRange(qemu.Validate());
-            if (events.ReplayBuffer is < 1 or > 10_000_000) errors.Add("Events:ReplayBuffer: must be between 1 and 10000000");
-            if (events.SubscriberQueue is < 1 or > 10_000_000) errors.Add("Events:SubscriberQueue: must be between 1 and 10000000");
-            if (events.HeartbeatSeconds is < 1 or > 3600) errors.Add("Events:HeartbeatSeconds: must be between 1 and 3600");
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
             return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu);
         }

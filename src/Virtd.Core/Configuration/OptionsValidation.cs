@@ -1,3 +1,5 @@
+using Virtd.Core.Events;
+
 namespace Virtd.Core.Configuration;
 
 /// <summary>
@@ -6,7 +8,7 @@ namespace Virtd.Core.Configuration;
 /// </summary>
 public static class OptionsValidation
 {
-    public static List<string> Validate(VirtdOptions o, StorageOptions s, JobsOptions j, SimulatedOptions sim)
+    public static List<string> Validate(VirtdOptions o, StorageOptions s, JobsOptions j, SimulatedOptions sim, EventsOptions ev)
     {
         var errors = new List<string>();
         void Check(bool ok, string key, string message) { if (!ok) errors.Add($"{key}: {message}"); }
@@ -25,6 +27,9 @@ public static class OptionsValidation
         Check(j.Retention > TimeSpan.Zero && j.Retention <= TimeSpan.FromDays(7), "Jobs:Retention", "must be between 00:00:00.001 and 7.00:00:00");
         Check(j.RetentionCount is >= 1 and <= 10_000_000, "Jobs:RetentionCount", "must be between 1 and 10000000");
         Check(sim.MonitorTimeout > TimeSpan.Zero && sim.MonitorTimeout <= TimeSpan.FromHours(1), "Simulated:MonitorTimeout", "must be between 00:00:00.001 and 01:00:00");
+        Check(ev.ReplayBuffer is >= 1 and <= 10_000_000, "Events:ReplayBuffer", "must be between 1 and 10000000");
+        Check(ev.SubscriberQueue is >= 1 and <= 10_000_000, "Events:SubscriberQueue", "must be between 1 and 10000000");
+        Check(ev.HeartbeatSeconds is >= 1 and <= 3600, "Events:HeartbeatSeconds", "must be between 1 and 3600");
         return errors;
     }
 }

@@ -15,6 +15,9 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
     /// matches before a final newline, which would let "vm\n" through as a name.
     /// </summary>
     internal static readonly Regex NameRegex = new(@"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\z", RegexOptions.CultureInvariant);
+
+    /// <summary>Whether <paramref name="name"/> could be a domain's name (its form only; see also the UUID rule).</summary>
+    public static bool IsNameForm(string name) => NameRegex.IsMatch(name);
     public const int MinMemoryMiB = 16;
     public const int MaxMemoryMiB = 1_048_576;
     public const int MaxDescription = 4096;

@@ -89,7 +89,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         var d = job.Domain;
         var vm = RequireRunning(d, "reset", DomainState.Running, DomainState.Paused);
         await vm.ResetAsync(ct).ConfigureAwait(false);
-        d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "reset");
+        d.Announce(vm, "reset");
         return new JobResult { State = d.Runtime.State };
     }
 
@@ -101,7 +101,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         try
         {
             await vm.RebootAsync(ct).ConfigureAwait(false);
-            if (!vm.Exited.IsCompleted) d.PublishDomainEvent(Events.EventTypes.DomainLifecycle, "rebooted");
+            if (!vm.Exited.IsCompleted) d.Announce(vm, "rebooted");
             return new JobResult { State = d.Runtime.State };
         }
         finally

@@ -74,11 +74,26 @@ public sealed class DomainObject
     /// <summary>True once undefined; jobs that were waiting re-check this after their wait.</summary>
     public bool Removed { get => _removed; internal set => _removed = value; }
 
+    /// <summary>Swaps in a new definition and publishes <c>domain.updated</c> in the same step, so no other event of this domain comes between.</summary>
     public void SetDefinition(DomainDefinition definition)
     {
         lock (_sync)
         {
             _view = _view with { Definition = definition, ETag = ComputeETag(definition) };
+            PublishDomainEventLocked(EventTypes.DomainUpdated, null);
+        }
+    }
+
+    /// <summary>
+    /// Publishes <c>domain.defined</c>, then makes the new domain visible to lookups. In this order nothing
+    /// else about the domain (a <c>job.queued</c> of a request that found it) can be published before it.
+    /// </summary>
+    public void Reveal()
+    {
+        lock (_sync)
+        {
+            PublishDomainEventLocked(EventTypes.DomainDefined, null);
+            _visible = true;
         }
     }
 
@@ -179,15 +194,31 @@ public sealed class DomainObject
     /// <summary>Publishes an event about this domain while holding its lock, so events follow state order.</summary>
     public void PublishDomainEvent(string type, string? lifecycleEvent = null)
     {
+        lock (_sync) PublishDomainEventLocked(type, lifecycleEvent);
+    }
+
+    /// <summary>
+    /// Publishes a lifecycle event that changes no state (<c>reset</c>, <c>rebooted</c>) only while
+    /// <paramref name="vm"/> is still the attached VM: once it has exited, its exit was the last word.
+    /// </summary>
+    public bool Announce(IVmInstance vm, string lifecycleEvent)
+    {
         lock (_sync)
         {
-            var r = _view.Runtime;
-            _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason));
+            if (!ReferenceEquals(_view.Instance, vm)) return false;
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
+            return true;
         }
     }
 
+    private void PublishDomainEventLocked(string type, string? lifecycleEvent)
+    {
+        var r = _view.Runtime;
+        _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason), Uuid);
+    }
+
     private void Publish(string lifecycleEvent, RuntimeState runtime) =>
-        _bus.Publish(EventTypes.DomainLifecycle, Name, new DomainEventData(Name, Uuid, lifecycleEvent, runtime.State, runtime.Reason));
+        _bus.Publish(EventTypes.DomainLifecycle, Name, new DomainEventData(Name, Uuid, lifecycleEvent, runtime.State, runtime.Reason), Uuid);
 
     public static string ComputeETag(DomainDefinition definition)
     {

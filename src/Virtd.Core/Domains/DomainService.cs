@@ -94,8 +94,7 @@ public sealed class DomainService
         try
         {
             _store.Save(definition);
-            DomainRegistry.Commit(d);
-            d.PublishDomainEvent(EventTypes.DomainDefined);
+            d.Reveal(); // publishes domain.defined, then makes it visible
             return d;
         }
         catch
@@ -122,8 +121,7 @@ public sealed class DomainService
             if (!replacement.SameAs(d.Definition))
             {
                 _store.Save(replacement);
-                d.SetDefinition(replacement);
-                d.PublishDomainEvent(EventTypes.DomainUpdated);
+                d.SetDefinition(replacement); // publishes domain.updated
             }
             return d;
         }, ct);

@@ -333,9 +333,12 @@ public sealed class JobScheduler : IAsyncDisposable
         if (next is not null) Dispatch(next);
     }
 
-    private void PublishJob(string type, Job job) =>
+    private void PublishJob(string type, Job job)
+    {
+        var status = job.Status; // state and error from one snapshot
         _bus.Publish(type, job.Domain.Name,
-            new JobEventData(job.Id, job.Kind, job.State, job.Domain.Name, job.Domain.Uuid, job.Error?.Code));
+            new JobEventData(job.Id, job.Kind, status.State, job.Domain.Name, job.Domain.Uuid, status.Error?.Code), job.Domain.Uuid);
+    }
 
     internal VirtdException DomainBusy(DomainObject domain, Job waiting)
     {

@@ -116,6 +116,13 @@ public sealed class DaemonProcess : IAsyncDisposable
         await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
     }
 
+    /// <summary>Sends SIGTERM, as systemd or Ctrl-C would (<see cref="Process.Kill()"/> is SIGKILL).</summary>
+    public void Terminate()
+    {
+        using var kill = Process.Start(new ProcessStartInfo("kill") { ArgumentList = { "-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) } })!;
+        kill.WaitForExit(5000);
+    }
+
     public async ValueTask DisposeAsync()
     {
         Http.Dispose();
