@@ -222,6 +222,14 @@ public sealed class QemuDriver : IHypervisorDriver
         }
     }
 
+    public IEnumerable<string> PendingWork()
+    {
+        foreach (var vm in _vms.Keys)
+        {
+            if (!vm.Detached.IsCompleted) yield return $"domain {vm.Name} (QEMU pid {vm.Pid}): monitor and event loop still closing";
+        }
+    }
+
     public Task ShutdownWaitAsync(CancellationToken cancellationToken)
     {
         Task[] all;

@@ -443,6 +443,12 @@ internal sealed class QemuVm : IVmInstance
         await Task.WhenAll(_eventLoop, _reconnect).ConfigureAwait(false);
     }
 
+    /// <summary>Completes once <see cref="DetachAsync"/> has (never, when it was not called).</summary>
+    public Task Detached
+    {
+        get { lock (_sync) return _detached ?? new TaskCompletionSource().Task; }
+    }
+
     /// <summary>Every task this VM owns, for the driver's shutdown wait.</summary>
     public Task Background => Task.WhenAll(_eventLoop, _reconnect, _watch ?? Task.CompletedTask);
 

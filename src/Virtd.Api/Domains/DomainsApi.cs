@@ -1,3 +1,4 @@
+using Virtd.Api.Hosting;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Virtd.Api.Errors;
@@ -38,7 +39,7 @@ public static class DomainsApi
     }
 
     private static void Action(RouteGroupBuilder g, string name, DomainAction action, string summary) =>
-        g.MapPost("/{id}/" + name, (string id, int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct) =>
+        g.MapPost("/{id}/" + name, (string id, int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct) =>
                 SubmitAsync(id, action, null, wait, http, svc, life, ct))
             .WithName(char.ToUpperInvariant(name[0]) + name[1..] + "Domain").ActionMetadata(summary);
 
@@ -112,21 +113,21 @@ public static class DomainsApi
     }
 
     public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> ShutdownAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] ShutdownRequest? body,
-        int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
     {
         CheckTimeout("timeout", body?.Timeout);
         return SubmitAsync(id, DomainAction.Shutdown, body, wait, http, svc, life, ct);
     }
 
     public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> DestroyAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] DestroyRequest? body,
-        int? wait, HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
     {
         CheckTimeout("timeout", body?.Timeout);
         return SubmitAsync(id, DomainAction.Destroy, body, wait, http, svc, life, ct);
     }
 
     private static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> SubmitAsync(string id, DomainAction action, object? body, int? wait,
-        HttpContext http, DomainService svc, IHostApplicationLifetime life, CancellationToken ct)
+        HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
     {
         JobsApi.CheckWait(wait);
         var job = svc.SubmitAction(id, action, body);

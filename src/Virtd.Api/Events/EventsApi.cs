@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Mvc;
 using Virtd.Api.Domains;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
+using Virtd.Api.Hosting;
 using Virtd.Core.Events;
 
 namespace Virtd.Api.Events;
@@ -40,6 +41,7 @@ public static class EventsApi
         EventBus bus,
         EventsOptions options,
         IHostApplicationLifetime life,
+        DaemonStatus status,
         TimeProvider time,
         ILoggerFactory logs,
         CancellationToken ct)
@@ -52,8 +54,10 @@ public static class EventsApi
             : !string.IsNullOrWhiteSpace(lastEventId) ? ParseId("lastEventId", lastEventId, errors) : null;
         if (errors.Count > 0) throw VirtdException.Validation(errors);
         if (life.ApplicationStopping.IsCancellationRequested) throw VirtdException.ShuttingDown();
+        // The stream ends when the daemon closes the bus (after the last events of shutdown phase 1) or, for a
+        // client that does not read them, at the latest when the host stops waiting for requests.
 
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, life.ApplicationStopping);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, status.StreamsEnd);
         using var sub = bus.Subscribe(filter, after);
         http.Response.StatusCode = StatusCodes.Status200OK;
         http.Response.ContentType = ContentType;

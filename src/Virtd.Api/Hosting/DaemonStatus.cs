@@ -17,5 +17,28 @@ public sealed class DaemonStatus(TimeProvider time)
             ReadyAt = time.GetUtcNow();
     }
 
+    /// <summary>How long a long-lived response (an event stream) may go on once the daemon stops.</summary>
+    public static readonly TimeSpan StreamGrace = TimeSpan.FromSeconds(2);
+
+    private readonly CancellationTokenSource _phaseOneDone = new();
+    private readonly CancellationTokenSource _streamsEnd = new();
+
+    /// <summary>Cancelled when shutdown phase 1 is done (queued jobs cancelled): long polls end then, with what they waited for.</summary>
+    public CancellationToken PhaseOneDone => _phaseOneDone.Token;
+
+    /// <summary>
+    /// Cancelled <see cref="StreamGrace"/> after phase 1. Event streams end before that, when the bus closes after
+    /// the last events of phase 1; this bounds a client that does not read them.
+    /// </summary>
+    public CancellationToken StreamsEnd => _streamsEnd.Token;
+
     public void SetStopping() => _state = (int)DaemonState.Stopping;
+
+    /// <summary>Shutdown phase 1 has signalled everything: long-lived requests may end now.</summary>
+    public void SetPhaseOneDone()
+    {
+        _state = (int)DaemonState.Stopping;
+        _phaseOneDone.Cancel();
+        _streamsEnd.CancelAfter(StreamGrace);
+    }
 }

@@ -8,8 +8,13 @@ namespace Virtd.Api.Hosting;
 public sealed class ConfigurationException(string message) : Exception(message);
 
 /// <summary>All options, bound and checked together.</summary>
-public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu)
+public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu, GuestsOptions Guests)
 {
+    /// <summary>
+    /// The whole of shutdown phase 2: <c>ShutdownTimeout</c>, plus <c>Guests:OverallTimeout</c> when guests are shut down with the daemon.
+    /// </summary>
+    public TimeSpan StopBound => Virtd.ShutdownTimeout + (Guests.OnDaemonStop == GuestStopPolicy.Shutdown ? Guests.OverallTimeout : TimeSpan.Zero);
+
     /// <summary>Binds every section; a value of the wrong type or out of range throws <see cref="ConfigurationException"/> naming the key.</summary>
     public static VirtdConfiguration Bind(IConfiguration configuration)
     {
@@ -29,8 +34,11 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             configuration.GetSection("Qemu").Bind(qemu);
             var errors = OptionsValidation.Validate(virtd, storage, jobs, sim, events);
             errors.AddRange(qemu.Validate());
+            var guests = new GuestsOptions();
+            configuration.GetSection("Guests").Bind(guests);
+            errors.AddRange(OptionsValidation.Validate(guests));
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
-            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu);
+            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests);
         }
         catch (InvalidOperationException e)
         {

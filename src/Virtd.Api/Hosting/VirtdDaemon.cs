@@ -53,7 +53,7 @@ public sealed class VirtdDaemon(
         Stage("workers", () => { scheduler.Start(); return 0; });
         domains.Autostart();
 
-        _stopping = lifetime.ApplicationStopping.Register(BeginShutdown);
+        _stopping = lifetime.ApplicationStopping.Register(BeginShutdownOnce);
         _started = lifetime.ApplicationStarted.Register(() =>
         {
             status.SetReady();
@@ -63,23 +63,64 @@ public sealed class VirtdDaemon(
         log.LogInformation("start-up stages done in {Ms:0.0} ms", total.Elapsed.TotalMilliseconds);
     }
 
-    /// <summary>Phase 1: returns at once. Readiness false, queued jobs cancelled, running jobs' tokens cancelled, drivers signalled.</summary>
+    /// <summary>
+    /// Phase 1, on ApplicationStopping: returns at once and blocks on nothing. Readiness false (writes get 503
+    /// <c>shutting-down</c>), queued jobs end <c>cancelled</c>, running jobs' tokens are cancelled, every driver's
+    /// <c>ShutdownPrepare</c> runs (all in parallel, or after the guests are shut down with
+    /// <c>Guests:OnDaemonStop=shutdown</c>), and event streams end after the events published so far.
+    /// </summary>
     private void BeginShutdown()
     {
+        var sw = Stopwatch.StartNew();
         status.SetStopping();
-        services.GetRequiredService<EventBus>().Publish(EventTypes.DaemonState, null, new DaemonEventData("stopping"));
-        services.GetRequiredService<JobScheduler>().BeginShutdown();
-        foreach (var driver in services.GetRequiredService<DriverCatalog>().All)
+        var bus = services.GetRequiredService<EventBus>();
+        bus.Publish(EventTypes.DaemonState, null, new DaemonEventData("stopping"));
+        var scheduler = services.GetRequiredService<JobScheduler>();
+        var queued = scheduler.QueuedCount;
+        scheduler.BeginShutdown();
+        var guests = services.GetRequiredService<GuestsOnStop>();
+        lock (_stopLock)
+        {
+            _driversStopping = guests.Policy == GuestStopPolicy.Shutdown ? StopGuestsThenDriversAsync(guests, scheduler) : PrepareDriversAsync();
+        }
+        bus.Close();
+        status.SetPhaseOneDone();
+        log.LogInformation("shutdown phase 1 in {Ms:0.0} ms: {Queued} queued job(s) cancelled, {Running} running job(s) signalled, guests: {Policy}",
+            sw.Elapsed.TotalMilliseconds, queued, scheduler.RunningCount, guests.Policy.ToString().ToLowerInvariant());
+    }
+
+    /// <summary>Every driver's ShutdownPrepare at the same time, none waiting for another.</summary>
+    private Task PrepareDriversAsync() =>
+        Task.WhenAll(services.GetRequiredService<DriverCatalog>().All.Select(driver => Task.Run(() =>
         {
             try { driver.ShutdownPrepare(); }
             catch (Exception e) { log.LogError(e, "{Driver} driver: shutdown prepare failed", driver.Kind); }
+        })));
+
+    /// <summary>With <c>Guests:OnDaemonStop=shutdown</c>: jobs end first, then the VMs are stopped, then the drivers let go.</summary>
+    private async Task StopGuestsThenDriversAsync(GuestsOnStop guests, JobScheduler scheduler)
+    {
+        await Task.Yield();
+        var options = services.GetRequiredService<VirtdConfiguration>();
+        using var bound = new CancellationTokenSource(options.StopBound);
+        try
+        {
+            await scheduler.DrainAsync(bound.Token).ConfigureAwait(false);
+            await guests.ShutdownAllAsync(bound.Token).ConfigureAwait(false);
         }
+        catch (OperationCanceledException)
+        {
+            log.LogError("shutdown: the guests were not all stopped within {Bound}", options.StopBound);
+        }
+        await PrepareDriversAsync().ConfigureAwait(false);
     }
 
     /// <summary>
-    /// Phase 2: waits for the workers and every driver together, bounded by ShutdownTimeout. Runs once: the host
-    /// may stop twice at the same time (an explicit <c>StopAsync</c> while <c>RunAsync</c>, woken by
-    /// ApplicationStopping, stops too and then disposes the service provider), so a second call waits for the first.
+    /// Phase 2: waits for the workers and every driver together, bounded by ShutdownTimeout (plus
+    /// Guests:OverallTimeout when guests are shut down). On timeout it logs what still runs and the daemon exits
+    /// anyway with code 3. Then cleanup, in reverse order. Runs once: the host may stop twice at the same time
+    /// (an explicit <c>StopAsync</c> while <c>RunAsync</c>, woken by ApplicationStopping, stops too and then
+    /// disposes the service provider), so a second call waits for the first.
     /// </summary>
     public Task StopAsync(CancellationToken cancellationToken)
     {
@@ -89,25 +130,39 @@ public sealed class VirtdDaemon(
     private async Task StopOnceAsync(CancellationToken cancellationToken)
     {
         // Resolved before anything awaits, while the provider is certainly alive.
-        var options = services.GetRequiredService<VirtdOptions>();
+        var options = services.GetRequiredService<VirtdConfiguration>();
         var scheduler = services.GetRequiredService<JobScheduler>();
         var drivers = services.GetRequiredService<DriverCatalog>();
+        var time = services.GetRequiredService<TimeProvider>();
         BeginShutdownOnce();
+        Task driversStopping;
+        lock (_stopLock) driversStopping = _driversStopping ?? Task.CompletedTask;
         var sw = Stopwatch.StartNew();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        deadline.CancelAfter(options.ShutdownTimeout);
-        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token) };
-        waits.AddRange(drivers.All.Select(d => d.ShutdownWaitAsync(deadline.Token)));
+        deadline.CancelAfter(options.StopBound);
+        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token), driversStopping };
+        waits.AddRange(drivers.All.Select(async d =>
+        {
+            await driversStopping.ConfigureAwait(false);
+            await d.ShutdownWaitAsync(deadline.Token).ConfigureAwait(false);
+        }));
         try
         {
             await Task.WhenAll(waits).WaitAsync(deadline.Token).ConfigureAwait(false);
-            log.LogInformation("shutdown: workers and drivers stopped in {Ms:0.0} ms", sw.Elapsed.TotalMilliseconds);
+            log.LogInformation("shutdown phase 2: workers and drivers stopped in {Ms:0.0} ms", sw.Elapsed.TotalMilliseconds);
         }
         catch (OperationCanceledException)
         {
+            log.LogError("shutdown phase 2 timed out after {Bound}; exiting anyway with code 3", options.StopBound);
+            var now = time.GetUtcNow();
             foreach (var job in scheduler.RunningJobs())
                 log.LogError("shutdown timeout: job {JobId} ({Kind}) on {Domain} still running after {Age:0.0} s",
-                    job.Id, job.Kind, job.Domain.Name, (DateTimeOffset.UtcNow - (job.StartedAt ?? job.CreatedAt)).TotalSeconds);
+                    job.Id, job.Kind.ToString().ToLowerInvariant(), job.Domain.Name, (now - (job.StartedAt ?? job.CreatedAt)).TotalSeconds);
+            foreach (var driver in drivers.All)
+            {
+                foreach (var work in driver.PendingWork())
+                    log.LogError("shutdown timeout: {Driver} driver: {Work}", driver.Kind.ToString().ToLowerInvariant(), work);
+            }
             Environment.ExitCode = 3;
         }
         foreach (var driver in drivers.All.Reverse())
@@ -117,13 +172,15 @@ public sealed class VirtdDaemon(
         }
         await _stopping.DisposeAsync().ConfigureAwait(false);
         await _started.DisposeAsync().ConfigureAwait(false);
+        log.LogInformation("virtd stopped ({Ms:0.0} ms after phase 2 began)", sw.Elapsed.TotalMilliseconds);
     }
 
+    private Task? _driversStopping;
     private int _shutdownBegun;
 
     private void BeginShutdownOnce()
     {
-        if (status.State == DaemonState.Stopping || Interlocked.Exchange(ref _shutdownBegun, 1) == 1) return;
+        if (Interlocked.Exchange(ref _shutdownBegun, 1) == 1) return;
         BeginShutdown();
     }
 

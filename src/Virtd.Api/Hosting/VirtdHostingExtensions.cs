@@ -31,6 +31,8 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
+        s.AddSingleton<GuestsOnStop>();
 
         s.AddSingleton<EventBus>();
         s.AddSingleton<DomainRegistry>();
@@ -47,7 +49,13 @@ public static class VirtdHostingExtensions
 
         s.ConfigureHttpJsonOptions(o => VirtdJson.Configure(o.SerializerOptions));
         s.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
-        s.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
+        // The host's own bound stays above the daemon's, so phase 2 always gets to log what it waited for.
+        // Resolved while the host is built: a bad value is reported by DaemonRunner right after, not thrown from here.
+        s.AddOptions<HostOptions>().Configure<IServiceProvider>((o, sp) =>
+        {
+            try { o.ShutdownTimeout = sp.GetRequiredService<VirtdConfiguration>().StopBound + TimeSpan.FromSeconds(5); }
+            catch (ConfigurationException) { }
+        });
         s.AddProblemDetails();
         return builder;
     }

@@ -1,3 +1,4 @@
+using Virtd.Api.Hosting;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
@@ -58,7 +59,7 @@ public static class JobsApi
         return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList()));
     }
 
-    public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, IHostApplicationLifetime life, CancellationToken ct)
+    public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, DaemonStatus life, CancellationToken ct)
     {
         CheckWait(wait);
         var job = Find(jobId, store);
@@ -76,7 +77,7 @@ public static class JobsApi
     }
 
     /// <summary>202 with the job and its Location; with <paramref name="wait"/>, 200 if it finished in time.</summary>
-    public static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> RespondAsync(Job job, int? wait, HttpContext http, IHostApplicationLifetime life, CancellationToken ct)
+    public static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> RespondAsync(Job job, int? wait, HttpContext http, DaemonStatus life, CancellationToken ct)
     {
         if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
         // One snapshot decides both status and body: a job finishing in between must not give 202 with a finished job.
@@ -85,10 +86,10 @@ public static class JobsApi
         return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", dto);
     }
 
-    /// <summary>Waits for the job, the deadline, the client going away, or the daemon stopping: whichever comes first.</summary>
-    private static async Task WaitAsync(Job job, int seconds, IHostApplicationLifetime life, CancellationToken ct)
+    /// <summary>Waits for the job, the deadline, the client going away, or shutdown phase 1 being done (queued jobs are cancelled by then): whichever comes first.</summary>
+    private static async Task WaitAsync(Job job, int seconds, DaemonStatus life, CancellationToken ct)
     {
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.ApplicationStopping);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.PhaseOneDone);
         try
         {
             await job.Finished.WaitAsync(TimeSpan.FromSeconds(seconds), linked.Token).ConfigureAwait(false);

@@ -8,6 +8,17 @@ namespace Virtd.Core.Configuration;
 /// </summary>
 public static class OptionsValidation
 {
+    public static List<string> Validate(GuestsOptions g)
+    {
+        var errors = new List<string>();
+        void Check(bool ok, string key, string message) { if (!ok) errors.Add($"{key}: {message}"); }
+        Check(Enum.IsDefined(g.OnDaemonStop), "Guests:OnDaemonStop", "must be keep or shutdown");
+        Check(g.ParallelShutdown is >= 1 and <= 256, "Guests:ParallelShutdown", "must be between 1 and 256");
+        Check(g.ShutdownTimeout >= TimeSpan.FromSeconds(1) && g.ShutdownTimeout <= TimeSpan.FromHours(1), "Guests:ShutdownTimeout", "must be between 00:00:01 and 01:00:00");
+        Check(g.OverallTimeout >= TimeSpan.FromSeconds(1) && g.OverallTimeout <= TimeSpan.FromHours(2), "Guests:OverallTimeout", "must be between 00:00:01 and 02:00:00");
+        return errors;
+    }
+
     public static List<string> Validate(VirtdOptions o, StorageOptions s, JobsOptions j, SimulatedOptions sim, EventsOptions ev)
     {
         var errors = new List<string>();

@@ -42,6 +42,25 @@ public sealed class JobsOptions
     public int RetentionCount { get; set; } = 10_000;
 }
 
+/// <summary>What happens to running VMs when the daemon stops (libvirt-guests' ON_SHUTDOWN and friends).</summary>
+public enum GuestStopPolicy { Keep, Shutdown }
+
+/// <summary>Configuration section <c>Guests</c>.</summary>
+public sealed class GuestsOptions
+{
+    /// <summary><c>keep</c>: VMs keep running and the next daemon takes them back; <c>shutdown</c>: ACPI shutdown, then destroy.</summary>
+    public GuestStopPolicy OnDaemonStop { get; set; } = GuestStopPolicy.Keep;
+
+    /// <summary>VMs shut down at the same time.</summary>
+    public int ParallelShutdown { get; set; } = 4;
+
+    /// <summary>How long one VM may take to power off by ACPI before it is destroyed.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Bound on shutting all VMs down; what is still running then is destroyed. Added to the daemon's shutdown bound.</summary>
+    public TimeSpan OverallTimeout { get; set; } = TimeSpan.FromSeconds(300);
+}
+
 /// <summary>Settings of the simulated driver.</summary>
 public sealed class SimulatedOptions
 {

@@ -183,6 +183,39 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         return await StoppedAsync(d, vm, stage).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The daemon stops with <c>Guests:OnDaemonStop=shutdown</c>: ACPI power button, up to <paramref name="acpiTimeout"/>
+    /// for the guest to power off, then destroy (SIGTERM, then SIGKILL by <paramref name="deadline"/>). Runs outside
+    /// the job queue, which no longer takes jobs; returns which stage stopped the VM, or null when none ran.
+    /// </summary>
+    public async Task<StopStage?> StopForDaemonAsync(DomainObject d, TimeSpan acpiTimeout, DateTimeOffset deadline, CancellationToken ct)
+    {
+        var vm = d.Instance;
+        if (vm is null || vm.Exited.IsCompleted) return null;
+        d.PendingStop = StopIntent.Shutdown;
+        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
+        var stage = StopStage.Acpi;
+        try
+        {
+            await vm.PowerdownAsync(ct).ConfigureAwait(false);
+        }
+        catch (VirtdException e)
+        {
+            log.LogWarning("domain {Domain}: ACPI power button failed ({Detail}); destroying it", d.Name, e.Detail);
+            acpiTimeout = TimeSpan.Zero;
+        }
+        if (!await WaitForExitAsync(vm, acpiTimeout, ct).ConfigureAwait(false))
+        {
+            log.LogWarning("domain {Domain}: not powered off within {Timeout}; destroying it", d.Name, acpiTimeout);
+            d.PendingStop = StopIntent.Destroy;
+            vm.Signal(VmSignal.Term);
+            var killAt = time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout);
+            stage = await TerminateAsync(d, vm, killAt < deadline ? killAt : deadline, graceful: false, ct).ConfigureAwait(false);
+        }
+        await StoppedAsync(d, vm, stage).ConfigureAwait(false);
+        return stage;
+    }
+
     /// <summary>SIGTERM has been sent: wait until <paramref name="deadline"/>, then SIGKILL unless graceful.</summary>
     private async Task<StopStage> TerminateAsync(DomainObject d, IVmInstance vm, DateTimeOffset deadline, bool graceful, CancellationToken ct)
     {

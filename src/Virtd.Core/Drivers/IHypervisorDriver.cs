@@ -110,6 +110,9 @@ public interface IHypervisorDriver
 
     void ShutdownPrepare();
 
+    /// <summary>Background work still running (what a timed-out shutdown logs), one line each.</summary>
+    IEnumerable<string> PendingWork() => [];
+
     Task ShutdownWaitAsync(CancellationToken cancellationToken);
 
     ValueTask CleanupAsync();

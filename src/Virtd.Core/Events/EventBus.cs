@@ -133,6 +133,24 @@ public sealed class EventBus
 
     public int SubscriberCount => Volatile.Read(ref _subscribers).Length;
 
+    private bool _closed;
+
+    /// <summary>
+    /// The daemon stops: every subscriber's queue is closed after what it holds, so each stream writes the
+    /// events published so far (the last ones of shutdown phase 1 among them) and ends; later subscribers get
+    /// a closed queue at once. Publishing still records events in the ring.
+    /// </summary>
+    public void Close()
+    {
+        Subscription[] subscribers;
+        lock (_sync)
+        {
+            _closed = true;
+            subscribers = _subscribers;
+        }
+        foreach (var s in subscribers) s.Close();
+    }
+
     public VirtdEvent Publish(string type, string? domain, object data, Guid? domainUuid = null)
     {
         lock (_sync)
@@ -182,7 +200,8 @@ public sealed class EventBus
                 }
             }
             var sub = new Subscription(this, filter, _subscriberQueue, last, replay, resync);
-            _subscribers = [.. _subscribers, sub];
+            if (_closed) sub.Close();
+            else _subscribers = [.. _subscribers, sub];
             return sub;
         }
     }
@@ -242,6 +261,8 @@ public sealed class EventBus
             }
             return false;
         }
+
+        internal void Close() => _queue.Writer.TryComplete();
 
         public void Dispose()
         {

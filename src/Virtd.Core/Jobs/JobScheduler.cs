@@ -275,8 +275,9 @@ public sealed class JobScheduler : IAsyncDisposable
         {
             (final, error) = CancelledOutcome(job);
         }
-        catch (VirtdException e) when (e.Code == ErrorCodes.Cancelled && job.Token.IsCancellationRequested)
+        catch (VirtdException e) when (job.Token.IsCancellationRequested && (e.Code == ErrorCodes.Cancelled || _stopping.IsCancellationRequested))
         {
+            // While the daemon stops, a failure of a cancelled job is the stop's doing (a monitor the driver closed).
             (final, error) = CancelledOutcome(job);
         }
         catch (VirtdException e)
