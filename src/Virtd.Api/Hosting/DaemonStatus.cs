@@ -20,11 +20,11 @@ public sealed class DaemonStatus(TimeProvider time)
     /// <summary>How long a long-lived response (an event stream) may go on once the daemon stops.</summary>
     public static readonly TimeSpan StreamGrace = TimeSpan.FromSeconds(2);
 
-    private readonly CancellationTokenSource _phaseOneDone = new();
+    private readonly CancellationTokenSource _requestsEnding = new();
     private readonly CancellationTokenSource _streamsEnd = new();
 
-    /// <summary>Cancelled when shutdown phase 1 is done (queued jobs cancelled): long polls end then, with what they waited for.</summary>
-    public CancellationToken PhaseOneDone => _phaseOneDone.Token;
+    /// <summary>Cancelled once shutdown has ended the jobs (or given them a second): long polls end then, with what they waited for.</summary>
+    public CancellationToken RequestsEnding => _requestsEnding.Token;
 
     /// <summary>
     /// Cancelled <see cref="StreamGrace"/> after phase 1. Event streams end before that, when the bus closes after
@@ -34,11 +34,11 @@ public sealed class DaemonStatus(TimeProvider time)
 
     public void SetStopping() => _state = (int)DaemonState.Stopping;
 
-    /// <summary>Shutdown phase 1 has signalled everything: long-lived requests may end now.</summary>
-    public void SetPhaseOneDone()
+    /// <summary>Shutdown has ended the jobs: long-lived requests end now.</summary>
+    public void SetRequestsEnding()
     {
         _state = (int)DaemonState.Stopping;
-        _phaseOneDone.Cancel();
+        _requestsEnding.Cancel();
         _streamsEnd.CancelAfter(StreamGrace);
     }
 }

@@ -83,10 +83,25 @@ public sealed class VirtdDaemon(
         {
             _driversStopping = guests.Policy == GuestStopPolicy.Shutdown ? StopGuestsThenDriversAsync(guests, scheduler) : PrepareDriversAsync();
         }
-        bus.Close();
-        status.SetPhaseOneDone();
+        _requestsEnding = EndLongRequestsAsync(bus, scheduler);
         log.LogInformation("shutdown phase 1 in {Ms:0.0} ms: {Queued} queued job(s) cancelled, {Running} running job(s) signalled, guests: {Policy}",
             sw.Elapsed.TotalMilliseconds, queued, scheduler.RunningCount, guests.Policy.ToString().ToLowerInvariant());
+    }
+
+    /// <summary>How long event streams and long polls wait for running jobs to end (their tokens are cancelled) before ending.</summary>
+    private static readonly TimeSpan JobsGrace = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Event streams and <c>?wait=</c> long polls end once the running jobs have ended (so they carry the outcome),
+    /// or after <see cref="JobsGrace"/> when a job does not: they must not hold the listener open.
+    /// </summary>
+    private async Task EndLongRequestsAsync(EventBus bus, JobScheduler scheduler)
+    {
+        using var grace = new CancellationTokenSource(JobsGrace);
+        try { await scheduler.DrainAsync(grace.Token).ConfigureAwait(false); }
+        catch (OperationCanceledException) { log.LogWarning("shutdown: jobs still running after {Grace}; ending event streams and long polls anyway", JobsGrace); }
+        bus.Close();
+        status.SetRequestsEnding();
     }
 
     /// <summary>Every driver's ShutdownPrepare at the same time, none waiting for another.</summary>
@@ -140,7 +155,7 @@ public sealed class VirtdDaemon(
         var sw = Stopwatch.StartNew();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(options.StopBound);
-        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token), driversStopping };
+        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token), driversStopping, _requestsEnding ?? Task.CompletedTask };
         waits.AddRange(drivers.All.Select(async d =>
         {
             await driversStopping.ConfigureAwait(false);
@@ -176,6 +191,7 @@ public sealed class VirtdDaemon(
     }
 
     private Task? _driversStopping;
+    private Task? _requestsEnding;
     private int _shutdownBegun;
 
     private void BeginShutdownOnce()

@@ -89,7 +89,7 @@ public static class JobsApi
     /// <summary>Waits for the job, the deadline, the client going away, or shutdown phase 1 being done (queued jobs are cancelled by then): whichever comes first.</summary>
     private static async Task WaitAsync(Job job, int seconds, DaemonStatus life, CancellationToken ct)
     {
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.PhaseOneDone);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.RequestsEnding);
         try
         {
             await job.Finished.WaitAsync(TimeSpan.FromSeconds(seconds), linked.Token).ConfigureAwait(false);

@@ -116,10 +116,13 @@ public sealed class DaemonProcess : IAsyncDisposable
         await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10));
     }
 
-    /// <summary>Sends SIGTERM, as systemd or Ctrl-C would (<see cref="Process.Kill()"/> is SIGKILL).</summary>
-    public void Terminate()
+    /// <summary>Sends SIGTERM, as systemd would (<see cref="Process.Kill()"/> is SIGKILL).</summary>
+    public void Terminate() => Signal("TERM");
+
+    /// <summary>Sends a signal by name (TERM, INT, ...) to the daemon alone.</summary>
+    public void Signal(string name)
     {
-        using var kill = Process.Start(new ProcessStartInfo("kill") { ArgumentList = { "-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) } })!;
+        using var kill = Process.Start(new ProcessStartInfo("kill") { ArgumentList = { "-" + name, _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) } })!;
         kill.WaitForExit(5000);
     }
 
