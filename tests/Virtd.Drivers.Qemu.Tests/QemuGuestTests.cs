@@ -12,9 +12,7 @@ public class QemuGuestTests
     public async Task AcpiShutdown_OfARealGuest_CompletesWithStoppedByAcpi()
     {
         await using var q = new QemuApp(testGuest: true);
-        await q.Http.DefineAsync(TestGuest.Definition("guest"));
-        var pid = await q.StartAsync("guest");
-        await TestGuest.WaitReadyAsync(q, "guest");
+        var pid = await StartReadyGuestAsync(q);
 
         var job = await q.Http.ActAsync("guest", "shutdown", new { timeout = 30 }, wait: 60);
 
@@ -29,9 +27,7 @@ public class QemuGuestTests
     public async Task Reboot_OfARealGuest_BringsItBackInTheSameProcess()
     {
         await using var q = new QemuApp(testGuest: true);
-        await q.Http.DefineAsync(TestGuest.Definition("guest"));
-        var pid = await q.StartAsync("guest");
-        await TestGuest.WaitReadyAsync(q, "guest");
+        var pid = await StartReadyGuestAsync(q);
 
         var job = await q.Http.ActAsync("guest", "reboot", wait: 60);
 
@@ -46,9 +42,7 @@ public class QemuGuestTests
     public async Task Reboot_WithOnRebootDestroy_LeavesItShutOff()
     {
         await using var q = new QemuApp(testGuest: true);
-        await q.Http.DefineAsync(TestGuest.Definition("guest", new { onReboot = "destroy" }));
-        var pid = await q.StartAsync("guest");
-        await TestGuest.WaitReadyAsync(q, "guest");
+        var pid = await StartReadyGuestAsync(q, new { onReboot = "destroy" });
 
         var job = await q.Http.ActAsync("guest", "reboot", wait: 60);
 
@@ -56,6 +50,15 @@ public class QemuGuestTests
         var d = await q.Http.GetDomainAsync("guest");
         Assert.Equal("shut-off", d.Str("state"));
         Assert.False(QemuHost.IsAlive(pid));
+    }
+
+    /// <summary>Defines and starts the test guest and waits until it has booted (acpid listens); returns its QEMU pid.</summary>
+    private static async Task<int> StartReadyGuestAsync(QemuApp q, object? extra = null)
+    {
+        await q.Http.DefineAsync(TestGuest.Definition("guest", extra));
+        var pid = await q.StartAsync("guest");
+        await TestGuest.WaitReadyAsync(q, "guest");
+        return pid;
     }
 
     private static object ActingOnItsOwn(string action, object? extra = null) =>
