@@ -10,6 +10,7 @@ builder.AddVirtdCore(args);
 builder.AddQemuDriver();
 builder.AddSimulatedDriver();
 builder.AddIdleExit();
+builder.AddSystemd();
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {

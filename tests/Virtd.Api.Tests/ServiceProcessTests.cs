@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net;
 using Virtd.Api.Tests.Support;
 
 namespace Virtd.Api.Tests;
@@ -38,6 +39,23 @@ public sealed class ServiceProcessTests
         Assert.Equal("running", await daemon.Http.StateOfAsync("vm"));
 
         await daemon.Http.ActAsync("vm", "destroy", wait: 10);
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
+    }
+
+    [Fact]
+    public async Task NotifySocket_TheDaemonSendsReadyOnceServingAndStoppingOnSigterm()
+    {
+        using var manager = NotifySocket.Bind(Path.Combine(TestDirectories.Create("virtd-notify-"), "notify.sock"));
+        await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = manager.Name });
+
+        var ready = (await manager.ReceiveAsync(TimeSpan.FromSeconds(60))).Split('\n');
+        Assert.Contains("READY=1", ready);
+        Assert.Contains($"STATUS=ready on http://127.0.0.1:{daemon.Port}", ready);
+        using (var readyz = await daemon.Http.GetAsync("/readyz")) Assert.Equal(HttpStatusCode.OK, readyz.StatusCode);
+
+        daemon.Terminate();
+
+        Assert.Contains("STOPPING=1", (await manager.ReceiveAsync()).Split('\n'));
         Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
     }
 }
