@@ -9,6 +9,8 @@ var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = ar
 builder.AddVirtdCore(args);
 builder.AddQemuDriver();
 builder.AddSimulatedDriver();
+builder.AddIdleExit();
+builder.AddSystemd();
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
@@ -19,6 +21,7 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 }));
 
 var app = builder.Build();
+app.UseIdleTracking();
 app.UseVirtdProblems();
 app.UseShutdownGate();
 app.MapOpenApi("/openapi/{documentName}.json");

@@ -16,6 +16,7 @@ public sealed class DaemonProcessTests
     [InlineData("--Jobs:WaitTimeout", "-00:00:01", "Jobs:WaitTimeout")]
     [InlineData("--Events:HeartbeatSeconds", "0", "Events:HeartbeatSeconds")]
     [InlineData("--Events:SubscriberQueue", "0", "Events:SubscriberQueue")]
+    [InlineData("--IdleTimeout", "00:00:00.500", "IdleTimeout")]
     public async Task BadCommandLineValue_ExitsNonZeroNamingTheKey(string option, string value, string key)
     {
         await using var daemon = DaemonProcess.Start([option, value]);

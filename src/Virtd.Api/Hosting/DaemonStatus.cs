@@ -11,10 +11,17 @@ public sealed class DaemonStatus(TimeProvider time)
     public DateTimeOffset StartedAt { get; } = time.GetUtcNow();
     public DateTimeOffset? ReadyAt { get; private set; }
 
+    /// <summary>
+    /// Raised once on becoming Ready and once on becoming Stopping, on the thread that made the change
+    /// (for the service manager's notification). Handlers must be quick and must not throw.
+    /// </summary>
+    public event Action<DaemonState>? Changed;
+
     public void SetReady()
     {
-        if (Interlocked.CompareExchange(ref _state, (int)DaemonState.Ready, (int)DaemonState.Starting) == (int)DaemonState.Starting)
-            ReadyAt = time.GetUtcNow();
+        if (Interlocked.CompareExchange(ref _state, (int)DaemonState.Ready, (int)DaemonState.Starting) != (int)DaemonState.Starting) return;
+        ReadyAt = time.GetUtcNow();
+        Changed?.Invoke(DaemonState.Ready);
     }
 
     /// <summary>How long a long-lived response (an event stream) may go on once the daemon stops.</summary>
@@ -32,12 +39,15 @@ public sealed class DaemonStatus(TimeProvider time)
     /// </summary>
     public CancellationToken StreamsEnd => _streamsEnd.Token;
 
-    public void SetStopping() => _state = (int)DaemonState.Stopping;
+    public void SetStopping()
+    {
+        if (Interlocked.Exchange(ref _state, (int)DaemonState.Stopping) != (int)DaemonState.Stopping) Changed?.Invoke(DaemonState.Stopping);
+    }
 
     /// <summary>Shutdown has ended the jobs: long-lived requests end now.</summary>
     public void SetRequestsEnding()
     {
-        _state = (int)DaemonState.Stopping;
+        SetStopping();
         _requestsEnding.Cancel();
         _streamsEnd.CancelAfter(StreamGrace);
     }

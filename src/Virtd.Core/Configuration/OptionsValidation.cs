@@ -28,6 +28,8 @@ public static class OptionsValidation
         Check(!string.IsNullOrWhiteSpace(o.RunDirectory) && Path.IsPathRooted(o.RunDirectory), "RunDirectory", "must be an absolute path");
         Check(o.RunDirectory is null || o.RunDirectory.Length <= 64, "RunDirectory", "must be at most 64 characters (monitor socket paths are limited to 108 bytes)");
         Check(o.ShutdownTimeout > TimeSpan.Zero && o.ShutdownTimeout <= TimeSpan.FromHours(1), "ShutdownTimeout", "must be between 00:00:00.001 and 01:00:00");
+        Check(o.IdleTimeout == TimeSpan.Zero || (o.IdleTimeout >= TimeSpan.FromSeconds(1) && o.IdleTimeout <= TimeSpan.FromDays(7)),
+            "IdleTimeout", "must be 00:00:00 (off) or between 00:00:01 and 7.00:00:00");
         for (var i = 0; i < s.Pools.Count; i++)
             Check(!string.IsNullOrWhiteSpace(s.Pools[i]) && Path.IsPathRooted(s.Pools[i]), $"Storage:Pools:{i}", "must be an absolute path");
         Check(j.Workers is >= 1 and <= 1024, "Jobs:Workers", "must be between 1 and 1024");

@@ -17,6 +17,12 @@ public sealed class VirtdOptions
     /// <summary>Bound on the whole of shutdown phase 2.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// Exit cleanly once no VM runs, no job is queued or running and no request has been in flight for this
+    /// long (libvirtd <c>--timeout</c>). Zero, the default, never exits on idle.
+    /// </summary>
+    public TimeSpan IdleTimeout { get; set; }
+
     public string DomainsDirectory => Path.Combine(StateDirectory, "domains");
 }
 

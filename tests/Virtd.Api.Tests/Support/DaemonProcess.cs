@@ -28,6 +28,7 @@ public sealed class DaemonProcess : IAsyncDisposable
     public string RunDirectory { get; }
     public HttpClient Http { get; }
     public int Pid => _process.Id;
+    public bool HasExited => _process.HasExited;
 
     /// <summary>Everything the daemon wrote to stdout and stderr so far.</summary>
     public string Output

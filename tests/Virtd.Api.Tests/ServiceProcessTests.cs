@@ -1,0 +1,61 @@
+using System.Diagnostics;
+using System.Net;
+using Virtd.Api.Tests.Support;
+
+namespace Virtd.Api.Tests;
+
+/// <summary>The daemon as a service manager runs it: idle exit and sd_notify, on a real child process.</summary>
+public sealed class ServiceProcessTests
+{
+    private static readonly string[] TwoSecondsIdle = ["--IdleTimeout", "00:00:02"];
+
+    [Fact]
+    public async Task IdleTimeout_WhenNothingRuns_TheDaemonExitsByItselfWithCodeZero()
+    {
+        await using var daemon = DaemonProcess.Start(TwoSecondsIdle);
+        await daemon.WaitReadyAsync();
+        var idle = Stopwatch.StartNew();
+
+        var code = await daemon.WaitExitAsync(TimeSpan.FromSeconds(15));
+
+        Assert.Equal(0, code);
+        Assert.True(idle.Elapsed >= TimeSpan.FromSeconds(1.9), $"exited after {idle.Elapsed} without a request; IdleTimeout is 2 s");
+        Assert.Contains("(IdleTimeout 00:00:02)", daemon.Output);
+    }
+
+    [Fact]
+    public async Task IdleTimeout_WithARunningVm_TheDaemonStaysUpUntilTheVmStops()
+    {
+        await using var daemon = DaemonProcess.Start(TwoSecondsIdle);
+        await daemon.WaitReadyAsync();
+        var definition = VirtdHttp.Definition("vm");
+        definition["driver"] = "simulated";
+        await daemon.Http.DefineAsync(definition);
+        await daemon.Http.ActAsync("vm", "start", wait: 10);
+
+        // No request for more than twice IdleTimeout: only the running VM keeps the daemon up.
+        await Task.Delay(TimeSpan.FromSeconds(5));
+        Assert.False(daemon.HasExited, $"the daemon exited with a VM running:\n{daemon.Output}");
+        Assert.Equal("running", await daemon.Http.StateOfAsync("vm"));
+
+        await daemon.Http.ActAsync("vm", "destroy", wait: 10);
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
+    }
+
+    [Fact]
+    public async Task NotifySocket_TheDaemonSendsReadyOnceServingAndStoppingOnSigterm()
+    {
+        using var manager = NotifySocket.Bind(Path.Combine(TestDirectories.Create("virtd-notify-"), "notify.sock"));
+        await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = manager.Name });
+
+        var ready = (await manager.ReceiveAsync(TimeSpan.FromSeconds(60))).Split('\n');
+        Assert.Contains("READY=1", ready);
+        Assert.Contains($"STATUS=ready on http://127.0.0.1:{daemon.Port}", ready);
+        using (var readyz = await daemon.Http.GetAsync("/readyz")) Assert.Equal(HttpStatusCode.OK, readyz.StatusCode);
+
+        daemon.Terminate();
+
+        Assert.Contains("STOPPING=1", (await manager.ReceiveAsync()).Split('\n'));
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
+    }
+}
