@@ -50,7 +50,9 @@ public sealed class ShutdownTests
 
         Assert.True(took < TimeSpan.FromSeconds(3 + 1), $"exit took {took}\n{daemon.Output}");
         Assert.Equal(0, code); // the hung job was cancelled in time: nothing was left behind
-        var finished = (await events.ReadToEndAsync()).Where(e => e.Type == "job.finished").ToDictionary(e => e.Data.Str("jobId")!, e => e.Data.Str("state"));
+        var seen = await events.ReadToEndAsync();
+        Assert.Contains(seen, e => e.Type == "daemon.state" && e.Data.Str("state") == "stopping"); // streams end after it, not before
+        var finished = seen.Where(e => e.Type == "job.finished").ToDictionary(e => e.Data.Str("jobId")!, e => e.Data.Str("state"));
         Assert.All(queued, id => Assert.Equal("cancelled", finished.GetValueOrDefault(id)));
         Assert.Equal("cancelled", finished.GetValueOrDefault(running));
         var polled = await longPoll;
