@@ -92,6 +92,10 @@ internal sealed class QemuVm : IVmInstance
         {
             _log.LogWarning("domain {Domain}: signal to pid {Pid} failed: {Error}", Name, Pid, e.Message);
         }
+        catch (ObjectDisposedException)
+        {
+            // The process was reaped between the check above and the signal: nothing to signal.
+        }
     }
 
     public async Task PauseAsync(CancellationToken cancellationToken)
@@ -370,6 +374,7 @@ internal sealed class QemuVm : IVmInstance
         TryDelete(Paths.Monitor);
         QemuLog.Append(Paths.Log, $"QEMU pid {Pid} ended: {Describe(exit)}");
         if (monitor is not null) await monitor.DisposeAsync().ConfigureAwait(false);
+        _pidfd.Dispose(); // reaped: nothing left to signal, and one descriptor less per run
         _driver.Forget(this);
         _exit.TrySetResult(exit);
         _sink?.OnExited(this, exit);

@@ -213,4 +213,24 @@ public class QemuLifecycleTests
         Assert.Equal("shut-off", await q.Http.StateOfAsync("hung"));
         Assert.Equal("running", await q.Http.StateOfAsync("fine"));
     }
+
+    [Fact]
+    public async Task ManyStartsAndDestroys_LeaveNoFileDescriptorsBehind()
+    {
+        await using var q = new QemuApp();
+        await q.DefineDisklessAsync("vm1");
+        await q.StartAsync("vm1");
+        await q.Http.ActAsync("vm1", "destroy", wait: 30);
+        var before = Directory.GetFiles("/proc/self/fd").Length;
+
+        for (var i = 0; i < 10; i++)
+        {
+            await q.StartAsync("vm1");
+            Assert.Equal("succeeded", (await q.Http.ActAsync("vm1", "destroy", wait: 30)).Str("state"));
+        }
+
+        // Each run's pidfd, monitor socket and log handles are closed when it ends (not when a GC finds them).
+        var after = Directory.GetFiles("/proc/self/fd").Length;
+        Assert.True(after - before < 5, $"{after - before} more descriptors open after 10 runs");
+    }
 }
