@@ -173,6 +173,23 @@ public sealed class IdleMonitorTests : IAsyncDisposable
         await CoreHarness.WaitUntilAsync(() => idle.BusyReason() is null, "the closed stream no longer counts");
     }
 
+    [Fact]
+    public async Task HealthProbes_DoNotCountAsActivity_OtherRequestsDo()
+    {
+        await using var app = new VirtdApplication();
+        using var http = app.CreateClient();
+        var idle = app.Services.GetRequiredService<IdleMonitor>();
+        await CoreHarness.WaitUntilAsync(() => idle.BusyReason() is null, "the daemon is ready and idle");
+        await CoreHarness.WaitUntilAsync(() => idle.IdleFor > TimeSpan.FromMilliseconds(200), "some idle time");
+
+        await http.GetAsync("/healthz");
+        await http.GetAsync("/readyz");
+        Assert.True(idle.IdleFor > TimeSpan.FromMilliseconds(200), "a health probe reset the idle time");
+
+        await http.GetAsync("/api/v1/domains");
+        Assert.True(idle.IdleFor < TimeSpan.FromMilliseconds(200), "a real request did not count");
+    }
+
     public async ValueTask DisposeAsync()
     {
         _idle.Dispose();

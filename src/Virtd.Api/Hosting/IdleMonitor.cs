@@ -108,9 +108,17 @@ public static class IdleExit
         return builder;
     }
 
-    /// <summary>Counts every request while it is in flight, so that a connected client keeps the daemon up.</summary>
+    /// <summary>
+    /// Counts every request while it is in flight, so that a connected client keeps the daemon up. Health probes
+    /// (<c>/healthz</c>, <c>/readyz</c>) do not count: a service manager polling them must not keep an idle daemon alive.
+    /// </summary>
     public static IApplicationBuilder UseIdleTracking(this IApplicationBuilder app) => app.Use(async (http, next) =>
     {
+        if (http.Request.Path.StartsWithSegments("/healthz") || http.Request.Path.StartsWithSegments("/readyz"))
+        {
+            await next(http).ConfigureAwait(false);
+            return;
+        }
         var idle = http.RequestServices.GetRequiredService<IdleMonitor>();
         idle.RequestStarted();
         try { await next(http).ConfigureAwait(false); }
