@@ -330,6 +330,6 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         public void OnStateObserved(IVmInstance vm, DomainState state, string reason, string lifecycleEvent) =>
             domain.Observe(vm, state, reason, lifecycleEvent, owner.Now);
 
-        public void OnGuestEvent(IVmInstance vm, string lifecycleEvent) => domain.PublishGuestEvent(vm, lifecycleEvent);
+        public void OnGuestEvent(IVmInstance vm, string lifecycleEvent) => domain.Announce(vm, lifecycleEvent);
     }
 }

@@ -105,7 +105,7 @@ public sealed class DomainObject
         {
             var runtime = new RuntimeState(state, reason, now, startedAt ?? now, instance.Pid);
             _view = _view with { Live = live, Runtime = runtime, Instance = instance };
-            Publish(lifecycleEvent, runtime);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
         }
     }
 
@@ -116,47 +116,28 @@ public sealed class DomainObject
     /// Returns whether it changed.
     /// Only <see cref="Detach"/> makes a domain inactive.
     /// </summary>
-    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
-    {
-        if (state is DomainState.ShutOff or DomainState.Crashed)
-            throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
-        lock (_sync)
-        {
-            var current = _view.Runtime;
-            if (current.State == state || !ReferenceEquals(_view.Instance, vm)) return false;
-            var runtime = current with { State = state, Reason = reason, ChangedAt = now };
-            _view = _view with { Runtime = runtime };
-            Publish(lifecycleEvent, runtime);
-            return true;
-        }
-    }
+    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now) =>
+        Move(vm, state, reason, lifecycleEvent, now, reasonCounts: false);
 
     /// <summary>
     /// Records a state read from the hypervisor (re-adoption): like <see cref="Transition"/>, but a changed
     /// reason alone is a change too. Returns whether it changed.
     /// </summary>
-    public bool Observe(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    public bool Observe(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now) =>
+        Move(vm, state, reason, lifecycleEvent, now, reasonCounts: true);
+
+    private bool Move(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now, bool reasonCounts)
     {
         if (state is DomainState.ShutOff or DomainState.Crashed)
             throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
         lock (_sync)
         {
             var current = _view.Runtime;
-            if ((current.State == state && current.Reason == reason) || !ReferenceEquals(_view.Instance, vm)) return false;
+            var same = current.State == state && (!reasonCounts || current.Reason == reason);
+            if (same || !ReferenceEquals(_view.Instance, vm)) return false;
             var runtime = current with { State = state, Reason = reason, ChangedAt = now };
             _view = _view with { Runtime = runtime };
-            Publish(lifecycleEvent, runtime);
-            return true;
-        }
-    }
-
-    /// <summary>Publishes a lifecycle event that changes no state, if <paramref name="vm"/> is still the running VM.</summary>
-    public bool PublishGuestEvent(IVmInstance vm, string lifecycleEvent)
-    {
-        lock (_sync)
-        {
-            if (!ReferenceEquals(_view.Instance, vm)) return false;
-            Publish(lifecycleEvent, _view.Runtime);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
             return true;
         }
     }
@@ -171,7 +152,7 @@ public sealed class DomainObject
             if (_view.Instance is not null) return;
             var runtime = new RuntimeState(state, reason, now);
             _view = _view with { Runtime = runtime, Live = null };
-            Publish(lifecycleEvent, runtime);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
         }
     }
 
@@ -186,7 +167,7 @@ public sealed class DomainObject
             if (!ReferenceEquals(_view.Instance, instance)) return false;
             var runtime = new RuntimeState(state, reason, now);
             _view = _view with { Runtime = runtime, Live = null, Instance = null };
-            Publish(lifecycleEvent, runtime);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
             return true;
         }
     }
@@ -216,9 +197,6 @@ public sealed class DomainObject
         var r = _view.Runtime;
         _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason), Uuid);
     }
-
-    private void Publish(string lifecycleEvent, RuntimeState runtime) =>
-        _bus.Publish(EventTypes.DomainLifecycle, Name, new DomainEventData(Name, Uuid, lifecycleEvent, runtime.State, runtime.Reason), Uuid);
 
     public static string ComputeETag(DomainDefinition definition)
     {
