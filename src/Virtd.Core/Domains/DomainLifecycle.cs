@@ -121,29 +121,18 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (vm is null) return new JobResult { Noop = true, State = before };
 
         var timeout = TimeSpan.FromSeconds(request.Timeout ?? ShutdownRequest.DefaultTimeout);
-        var deadline = time.GetUtcNow() + timeout;
-        d.PendingStop = StopIntent.Shutdown;
-        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
         var done = false;
         try
         {
-            await vm.PowerdownAsync(ct).ConfigureAwait(false);
-            if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false))
-            {
-                done = true;
-                return await StoppedAsync(d, vm, StopStage.Acpi).ConfigureAwait(false);
-            }
-            if (!request.Force)
+            var stage = await PowerOffAsync(d, vm, timeout, request.Force, powerdownFailureEscalates: false, DateTimeOffset.MaxValue, ct)
+                .ConfigureAwait(false);
+            if (stage is null)
             {
                 throw new VirtdException(ErrorCodes.ShutdownTimeout, 504, "Shutdown timeout",
                     $"domain '{d.Name}' did not power off within {timeout.TotalSeconds:0.###} s of the ACPI power button; it is still running");
             }
-            d.PendingStop = StopIntent.Destroy;
-            vm.Signal(VmSignal.Term);
-            var stage = await TerminateAsync(d, vm, time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout), graceful: false, ct)
-                .ConfigureAwait(false);
             done = true;
-            return await StoppedAsync(d, vm, stage).ConfigureAwait(false);
+            return await StoppedAsync(d, vm, stage.Value).ConfigureAwait(false);
         }
         finally
         {
@@ -154,6 +143,37 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
                     d.Transition(vm, before, StateReasons.User, "shutdown-failed", time.GetUtcNow());
             }
         }
+    }
+
+    /// <summary>
+    /// The ACPI power button, then up to <paramref name="acpiTimeout"/> for the guest to power off; with
+    /// <paramref name="force"/>, destroy after that (SIGTERM, then SIGKILL after the destroy timeout, or at
+    /// <paramref name="killBy"/> if sooner). Returns the stage that stopped the VM, or null when the guest stayed
+    /// up and <paramref name="force"/> is off. A failed button press escalates at once when
+    /// <paramref name="powerdownFailureEscalates"/>, else it fails the caller.
+    /// </summary>
+    private async Task<StopStage?> PowerOffAsync(DomainObject d, IVmInstance vm, TimeSpan acpiTimeout, bool force, bool powerdownFailureEscalates,
+        DateTimeOffset killBy, CancellationToken ct)
+    {
+        var deadline = time.GetUtcNow() + acpiTimeout;
+        d.PendingStop = StopIntent.Shutdown;
+        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
+        try
+        {
+            await vm.PowerdownAsync(ct).ConfigureAwait(false);
+        }
+        catch (VirtdException e) when (powerdownFailureEscalates)
+        {
+            log.LogWarning("domain {Domain}: ACPI power button failed ({Detail}); destroying it", d.Name, e.Detail);
+            deadline = time.GetUtcNow();
+        }
+        if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Acpi;
+        if (!force) return null;
+        log.LogWarning("domain {Domain}: not powered off within {Timeout}; destroying it", d.Name, acpiTimeout);
+        d.PendingStop = StopIntent.Destroy;
+        vm.Signal(VmSignal.Term);
+        var killAt = time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout);
+        return await TerminateAsync(d, vm, killAt < killBy ? killAt : killBy, graceful: false, ct).ConfigureAwait(false);
     }
 
     private async Task<JobResult> DestroyAsync(Job job, CancellationToken ct)
@@ -192,26 +212,8 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     {
         var vm = d.Instance;
         if (vm is null || vm.Exited.IsCompleted) return null;
-        d.PendingStop = StopIntent.Shutdown;
-        d.Transition(vm, DomainState.ShuttingDown, StateReasons.Acpi, "shutting-down", time.GetUtcNow());
-        var stage = StopStage.Acpi;
-        try
-        {
-            await vm.PowerdownAsync(ct).ConfigureAwait(false);
-        }
-        catch (VirtdException e)
-        {
-            log.LogWarning("domain {Domain}: ACPI power button failed ({Detail}); destroying it", d.Name, e.Detail);
-            acpiTimeout = TimeSpan.Zero;
-        }
-        if (!await WaitForExitAsync(vm, acpiTimeout, ct).ConfigureAwait(false))
-        {
-            log.LogWarning("domain {Domain}: not powered off within {Timeout}; destroying it", d.Name, acpiTimeout);
-            d.PendingStop = StopIntent.Destroy;
-            vm.Signal(VmSignal.Term);
-            var killAt = time.GetUtcNow() + TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout);
-            stage = await TerminateAsync(d, vm, killAt < deadline ? killAt : deadline, graceful: false, ct).ConfigureAwait(false);
-        }
+        // With force it always ends in a stage (or throws).
+        var stage = (await PowerOffAsync(d, vm, acpiTimeout, force: true, powerdownFailureEscalates: true, deadline, ct).ConfigureAwait(false))!.Value;
         await StoppedAsync(d, vm, stage).ConfigureAwait(false);
         return stage;
     }
