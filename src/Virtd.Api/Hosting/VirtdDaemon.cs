@@ -79,10 +79,7 @@ public sealed class VirtdDaemon(
         var queued = scheduler.QueuedCount;
         scheduler.BeginShutdown();
         var guests = services.GetRequiredService<GuestsOnStop>();
-        lock (_stopLock)
-        {
-            _driversStopping = guests.Policy == GuestStopPolicy.Shutdown ? StopGuestsThenDriversAsync(guests, scheduler) : PrepareDriversAsync();
-        }
+        _driversStopping = guests.Policy == GuestStopPolicy.Shutdown ? StopGuestsThenDriversAsync(guests, scheduler) : PrepareDriversAsync();
         _requestsEnding = EndLongRequestsAsync(bus, scheduler);
         log.LogInformation("shutdown phase 1 in {Ms:0.0} ms: {Queued} queued job(s) cancelled, {Running} running job(s) signalled, guests: {Policy}",
             sw.Elapsed.TotalMilliseconds, queued, scheduler.RunningCount, guests.Policy.ToString().ToLowerInvariant());
@@ -149,13 +146,16 @@ public sealed class VirtdDaemon(
         var scheduler = services.GetRequiredService<JobScheduler>();
         var drivers = services.GetRequiredService<DriverCatalog>();
         var time = services.GetRequiredService<TimeProvider>();
-        BeginShutdownOnce();
-        Task driversStopping;
-        lock (_stopLock) driversStopping = _driversStopping ?? Task.CompletedTask;
+        Task driversStopping, requestsEnding;
+        lock (_stopLock)
+        {
+            BeginShutdownOnce();
+            (driversStopping, requestsEnding) = (_driversStopping!, _requestsEnding!);
+        }
         var sw = Stopwatch.StartNew();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(options.StopBound);
-        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token), driversStopping, _requestsEnding ?? Task.CompletedTask };
+        var waits = new List<Task> { scheduler.DrainAsync(deadline.Token), driversStopping, requestsEnding };
         waits.AddRange(drivers.All.Select(async d =>
         {
             await driversStopping.ConfigureAwait(false);
@@ -190,14 +190,16 @@ public sealed class VirtdDaemon(
         log.LogInformation("virtd stopped ({Ms:0.0} ms after phase 2 began)", sw.Elapsed.TotalMilliseconds);
     }
 
+    // Set by phase 1, which runs once under _stopLock (it awaits nothing), so phase 2 always finds them.
     private Task? _driversStopping;
     private Task? _requestsEnding;
-    private int _shutdownBegun;
 
     private void BeginShutdownOnce()
     {
-        if (Interlocked.Exchange(ref _shutdownBegun, 1) == 1) return;
-        BeginShutdown();
+        lock (_stopLock)
+        {
+            if (_driversStopping is null) BeginShutdown();
+        }
     }
 
     private T Stage<T>(string name, Func<T> action)
