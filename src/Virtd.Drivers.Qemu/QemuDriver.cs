@@ -64,6 +64,9 @@ public sealed class QemuDriver : IHypervisorDriver
         Directory.CreateDirectory(_virtd.RunDirectory);
         _watcher = new ExitWatcher(_log);
         _accel = QemuDiscovery.ChooseAccelerator(Options.Accel);
+        // First take back what the previous daemon left running (from files, at once; even when QEMU itself is
+        // gone now), so those VMs are watched while QEMU is probed.
+        Readopt(domains, host);
         if (_binary is not null)
         {
             var sw = Stopwatch.StartNew();
@@ -85,8 +88,6 @@ public sealed class QemuDriver : IHypervisorDriver
         {
             _log.LogWarning("QEMU driver unavailable: {Problem}", _binaryProblem);
         }
-        // Take back what the previous daemon left running, even when QEMU itself is gone now.
-        Readopt(domains, host);
     }
 
     private void Readopt(IReadOnlyList<DomainObject> domains, IVmHost host)
@@ -121,7 +122,7 @@ public sealed class QemuDriver : IHypervisorDriver
                 continue;
             }
             var vm = new QemuVm(this, d.Name, status.Definition, paths, status.Pid, pidfd, QemuLog.Length(paths.Log), isChild: false,
-                status.StartedAt, sink: null, _log);
+                sink: null, _log);
             _vms[vm] = 0;
             vm.Watch(_watcher!.WatchAsync(pidfd));
             vm.SetSink(host.Adopt(d, vm, status.Definition, DomainState.Running, StateReasons.Reconnecting, status.StartedAt));
@@ -170,7 +171,7 @@ public sealed class QemuDriver : IHypervisorDriver
         // Our unreaped child cannot vanish, so the pidfd always opens.
         var pidfd = Linux.OpenPidfd(pid) ?? throw VirtdException.HypervisorError($"QEMU pid {pid} vanished before it could be watched");
         var startedAt = Time.GetUtcNow();
-        var vm = new QemuVm(this, domain.Name, definition, paths, pid, pidfd, logOffset, isChild: true, startedAt, sink, _log);
+        var vm = new QemuVm(this, domain.Name, definition, paths, pid, pidfd, logOffset, isChild: true, sink, _log);
         _vms[vm] = 0;
         vm.Watch(_watcher.WatchAsync(pidfd));
         try
@@ -226,7 +227,7 @@ public sealed class QemuDriver : IHypervisorDriver
     {
         foreach (var vm in _vms.Keys)
         {
-            if (!vm.Detached.IsCompleted) yield return $"domain {vm.Name} (QEMU pid {vm.Pid}): monitor and event loop still closing";
+            if (vm.Detaching) yield return $"domain {vm.Name} (QEMU pid {vm.Pid}): monitor and event loop still closing";
         }
     }
 

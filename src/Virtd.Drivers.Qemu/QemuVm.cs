@@ -46,7 +46,7 @@ internal sealed class QemuVm : IVmInstance
     private static readonly TimeSpan FirmwareResetWindow = TimeSpan.FromSeconds(1);
 
     public QemuVm(QemuDriver driver, string name, DomainDefinition definition, QemuPaths paths, int pid, PidfdHandle pidfd,
-        long logOffset, bool isChild, DateTimeOffset startedAt, IVmEventSink? sink, ILogger log)
+        long logOffset, bool isChild, IVmEventSink? sink, ILogger log)
     {
         _driver = driver;
         Name = name;
@@ -56,7 +56,6 @@ internal sealed class QemuVm : IVmInstance
         _pidfd = pidfd;
         _logOffset = logOffset;
         _isChild = isChild;
-        StartedAt = startedAt;
         _sink = sink;
         _log = log;
     }
@@ -65,7 +64,6 @@ internal sealed class QemuVm : IVmInstance
     public DomainDefinition Definition { get; }
     public QemuPaths Paths { get; }
     public int Pid { get; }
-    public DateTimeOffset StartedAt { get; }
     public Task<VmExit> Exited => _exit.Task;
 
     /// <summary>Cancelled the moment the process is seen to exit.</summary>
@@ -433,28 +431,28 @@ internal sealed class QemuVm : IVmInstance
 
     private async Task DetachCoreAsync()
     {
+        // A connect in progress is cancelled by _life too; once it has ended, the monitor it may have set is the one to close.
         await _life.CancelAsync().ConfigureAwait(false);
         Task<QmpMonitor>? connecting;
-        QmpMonitor? monitor;
-        lock (_sync) (connecting, monitor) = (_connecting, _monitor);
-        if (monitor is not null) await monitor.DisposeAsync().ConfigureAwait(false);
+        lock (_sync) connecting = _connecting;
         if (connecting is not null)
         {
             try { await connecting.ConfigureAwait(false); }
             catch (Exception e) when (e is OperationCanceledException or VirtdException) { }
         }
+        QmpMonitor? monitor;
         lock (_sync) monitor = _monitor;
         if (monitor is not null) await monitor.DisposeAsync().ConfigureAwait(false);
         await Task.WhenAll(_eventLoop, _reconnect).ConfigureAwait(false);
     }
 
-    /// <summary>Completes once <see cref="DetachAsync"/> has (never, when it was not called).</summary>
-    public Task Detached
+    /// <summary>True while a detach (<see cref="DetachAsync"/>) is still closing the monitor and event loop.</summary>
+    public bool Detaching
     {
-        get { lock (_sync) return _detached ?? new TaskCompletionSource().Task; }
+        get { lock (_sync) return _detached is { IsCompleted: false }; }
     }
 
-    /// <summary>Every task this VM owns, for the driver's shutdown wait.</summary>
+    /// <summary>Every task this VM owns, for the driver's cleanup.</summary>
     public Task Background => Task.WhenAll(_eventLoop, _reconnect, _watch ?? Task.CompletedTask);
 
     public override string ToString() => $"{Name} (pid {Pid})";
