@@ -76,7 +76,7 @@ public sealed class DomainService
         }
     }
 
-    public async Task<DomainObject> DefineAsync(DomainDefinition definition, CancellationToken ct)
+    public async Task<DomainObject> DefineAsync(DomainDefinition definition, CancellationToken ct, BeforeChange? before = null)
     {
         definition = definition with
         {
@@ -93,6 +93,7 @@ public sealed class DomainService
         var job = await _scheduler.AcquireInlineAsync(JobKind.Define, d, ct).ConfigureAwait(false);
         try
         {
+            before?.Invoke(d, null);
             _store.Save(definition);
             d.Reveal(); // publishes domain.defined, then makes it visible
             return d;
@@ -109,7 +110,7 @@ public sealed class DomainService
     }
 
     /// <summary>Replaces a definition. A running domain keeps what it runs until its next start (<c>pendingChanges</c>).</summary>
-    public Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct) =>
+    public Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct, BeforeChange? before = null) =>
         UnderGateAsync(id, JobKind.Update, ifMatch, d =>
         {
             if (definition.Name != d.Name)
@@ -118,6 +119,7 @@ public sealed class DomainService
                 throw VirtdException.Validation("uuid", $"cannot change the UUID (is {d.Uuid})");
             var replacement = definition with { Uuid = d.Uuid, Driver = definition.Driver ?? d.Definition.Driver };
             _validator.ValidateOrThrow(replacement);
+            before?.Invoke(d, null);
             if (!replacement.SameAs(d.Definition))
             {
                 _store.Save(replacement);
@@ -126,12 +128,13 @@ public sealed class DomainService
             return d;
         }, ct);
 
-    public Task UndefineAsync(string id, string? ifMatch, CancellationToken ct) =>
+    public Task UndefineAsync(string id, string? ifMatch, CancellationToken ct, BeforeChange? before = null) =>
         UnderGateAsync(id, JobKind.Undefine, ifMatch, d =>
         {
             if (d.Runtime.IsActive || d.Instance is not null)
                 throw new VirtdException(ErrorCodes.DomainActive, 409, "Domain active",
                     $"domain '{d.Name}' is {DomainLifecycle.Describe(d.Runtime.State)}; destroy or shut it down first");
+            before?.Invoke(d, null);
             _store.Delete(d.Name);
             d.PublishDomainEvent(EventTypes.DomainUndefined);
             _registry.Remove(d);
@@ -162,7 +165,7 @@ public sealed class DomainService
     /// Checks the action against the current state (404, 409 <c>invalid-state</c>, 409
     /// <c>hypervisor-unavailable</c>), then queues it. Idempotent cases queue a job that ends <c>noop</c>.
     /// </summary>
-    public Job SubmitAction(string id, DomainAction action, object? body)
+    public Job SubmitAction(string id, DomainAction action, object? body, BeforeChange? before = null)
     {
         var d = Get(id);
         var state = d.Runtime.State;
@@ -187,7 +190,7 @@ public sealed class DomainService
         };
         // Destroy signals before it takes the gate (inside Submit, once the job it overtakes is marked superseded).
         Action? signal = args is DomainLifecycle.DestroyState destroy ? () => _lifecycle.SignalEarly(d, destroy) : null;
-        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind), signal);
+        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind), signal, before);
     }
 
     private void RestartAfterExit(DomainObject d)

@@ -28,6 +28,14 @@ public static class ErrorCodes
     public const string Internal = "internal";
     public const string NotFound = "not-found";
     public const string MethodNotAllowed = "method-not-allowed";
+    public const string Unauthenticated = "unauthenticated";
+    public const string Forbidden = "forbidden";
+    public const string CsrfRejected = "csrf-rejected";
+    public const string RateLimited = "rate-limited";
+    public const string HostNotAllowed = "host-not-allowed";
+    public const string TokenExists = "token-exists";
+    public const string TokenNotFound = "token-not-found";
+    public const string AuditUnavailable = "audit-unavailable";
 }
 
 /// <summary>
@@ -43,6 +51,9 @@ public class VirtdException(string code, int status, string title, string detail
 
     /// <summary>Seconds a client should wait before retrying (429, 503).</summary>
     public int? RetryAfterSeconds { get; init; }
+
+    /// <summary>The <c>WWW-Authenticate</c> challenge of a 401.</summary>
+    public string? Challenge { get; init; }
 
     /// <summary>Field errors keyed by camelCase JSON path (validation only).</summary>
     public IReadOnlyDictionary<string, string[]>? Errors { get; init; }

@@ -64,8 +64,10 @@ public sealed class JobScheduler : IAsyncDisposable
     /// domain's queued jobs; its <paramref name="signal"/> runs once the queued jobs are superseded and
     /// the running one is marked superseded, and before the destroy can reach a worker. So the running job
     /// fails fast and is reported superseded, and the signal can only reach the VM this destroy was for.
+    /// <paramref name="before"/> runs once the global limit allows the job and before it is queued; if it throws,
+    /// nothing is queued.
     /// </summary>
-    public Job Submit(JobKind kind, DomainObject domain, object? args, JobRunner runner, Action? signal = null)
+    public Job Submit(JobKind kind, DomainObject domain, object? args, JobRunner runner, Action? signal = null, BeforeChange? before = null)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
         var now = _time.GetUtcNow();
@@ -76,6 +78,13 @@ public sealed class JobScheduler : IAsyncDisposable
         {
             Interlocked.Decrement(ref _queued);
             throw VirtdException.QueueFull($"{_options.QueueLimit} jobs are already queued (Jobs:QueueLimit)", RetryAfter());
+        }
+        try { before?.Invoke(domain, job.Id); }
+        catch
+        {
+            Interlocked.Decrement(ref _queued);
+            job.Complete();
+            throw;
         }
 
         if (job.Priority)

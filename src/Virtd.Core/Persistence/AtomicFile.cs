@@ -9,13 +9,16 @@ public static class AtomicFile
     /// Also survive power loss (fsync of the file and its directory). Runtime files of running VMs skip it: they
     /// only need to survive the daemon's own crash, which the page cache does, and the VMs do not outlive the host.
     /// </param>
-    public static void Write(string path, ReadOnlySpan<byte> content, bool durable = true)
+    /// <param name="mode">The new file's permissions (for secrets: owner read and write only); the umask's default when null.</param>
+    public static void Write(string path, ReadOnlySpan<byte> content, bool durable = true, UnixFileMode? mode = null)
     {
         var dir = Path.GetDirectoryName(path)!;
         var tmp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, Share = FileShare.None };
+        if (mode is { } m) options.UnixCreateMode = m;
         try
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 4096, FileOptions.None))
+            using (var fs = new FileStream(tmp, options))
             {
                 fs.Write(content);
                 fs.Flush(flushToDisk: durable);
