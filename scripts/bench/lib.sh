@@ -42,7 +42,12 @@ bench_start_daemon() {
     [ "$SECONDS" -lt "$deadline" ] || die "not ready after 60 s"
     sleep 0.1
   done
+  token_file="$tmp/state/initial-admin-token"
+  auth="Authorization: Bearer $(cat "$token_file")"
 }
+
+# api [curl args...]: curl with the daemon's admin token (after bench_start_daemon).
+api() { curl -H "$auth" "$@"; }
 
 bench_log_errors() {
   if grep -qiE '\b(fail|crit|error)' "$tmp/daemon.log"; then

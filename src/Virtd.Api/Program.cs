@@ -1,3 +1,4 @@
+using Virtd.Api.Access;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
 using Virtd.Api.Events;
@@ -11,6 +12,7 @@ builder.AddQemuDriver();
 builder.AddSimulatedDriver();
 builder.AddIdleExit();
 builder.AddSystemd();
+builder.AddAccessControl();
 builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
@@ -18,23 +20,28 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
     doc.Info.Version = "v1";
     doc.Info.Description = "Manage QEMU virtual machines over REST. Actions are jobs: 202 + Location, or ?wait=N.";
     return Task.CompletedTask;
-}));
+}).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>());
 
 var app = builder.Build();
 app.UseIdleTracking();
 app.UseVirtdProblems();
 app.UseShutdownGate();
-app.MapOpenApi("/openapi/{documentName}.json");
-// Swagger UI's middleware matches paths with regexes: keep it off every other request's path.
+// Swagger UI's middleware matches paths with regexes: keep it off every other request's path. Anonymous: the
+// page holds no data, and its Authorize button takes a bearer token for the calls it makes.
 app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger => swagger.UseSwaggerUI(o =>
 {
     o.RoutePrefix = "swagger";
     o.SwaggerEndpoint("/openapi/v1.json", "virtd v1");
+    o.EnablePersistAuthorization();
 }));
+app.UseAccessControl();
+app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
 app.MapHostApi();
 app.MapDomainsApi();
 app.MapJobsApi();
 app.MapEventsApi();
+app.MapTokensApi();
+app.MapSessionApi();
 
 return await DaemonRunner.RunAsync(app);
 

@@ -50,7 +50,8 @@ public sealed class ServiceProcessTests
 
         var ready = (await manager.ReceiveAsync(TimeSpan.FromSeconds(60))).Split('\n');
         Assert.Contains("READY=1", ready);
-        Assert.Contains($"STATUS=ready on http://127.0.0.1:{daemon.Port}", ready);
+        // Every way in: the TCP address and both Unix sockets.
+        Assert.Contains($"STATUS=ready on http://127.0.0.1:{daemon.Port} http://unix:{daemon.RunDirectory}/virtd.sock http://unix:{daemon.RunDirectory}/virtd-ro.sock", ready);
         using (var readyz = await daemon.Http.GetAsync("/readyz")) Assert.Equal(HttpStatusCode.OK, readyz.StatusCode);
 
         daemon.Terminate();

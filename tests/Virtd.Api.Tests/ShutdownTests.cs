@@ -78,6 +78,7 @@ public sealed class ShutdownTests
         var writers = Enumerable.Range(0, 4).Select(async i =>
         {
             using var client = new HttpClient { BaseAddress = http.BaseAddress, Timeout = TimeSpan.FromSeconds(10) };
+            client.DefaultRequestHeaders.Authorization = http.DefaultRequestHeaders.Authorization;
             while (!stop.IsCancellationRequested)
             {
                 var after = signalled.Task.IsCompleted;

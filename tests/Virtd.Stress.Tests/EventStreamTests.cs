@@ -22,7 +22,7 @@ public sealed class EventStreamTests(ITestOutputHelper output)
         var baseAddress = daemon.Start();
         var bus = daemon.Services.GetRequiredService<EventBus>();
         using var handler = new SocketsHttpHandler { MaxConnectionsPerServer = Subscribers + 16 };
-        using var http = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        using var http = daemon.Authorize(new HttpClient(handler) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan });
         var names = Enumerable.Range(0, Domains).Select(i => $"ev-{i:00}").ToList();
         foreach (var name in names) await DefineRunningAsync(http, name);
 
@@ -90,16 +90,16 @@ public sealed class EventStreamTests(ITestOutputHelper output)
         });
         var baseAddress = daemon.Start();
         var bus = daemon.Services.GetRequiredService<EventBus>();
-        using (var setup = new HttpClient { BaseAddress = baseAddress })
+        using (var setup = daemon.Authorize(new HttpClient { BaseAddress = baseAddress }))
         {
             for (var i = 0; i < Domains; i++) await DefineRunningAsync(setup, $"tp-{i}");
         }
         using var handler = SmallReceiveBuffer();
-        using var http = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        using var http = daemon.Authorize(new HttpClient(handler) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan });
 
         // One round: 1,000 jobs over HTTP (10 domains side by side, each alternating suspend and resume), and after each
         // job 100 more events (distinct payloads, ~0.5 KB each): 100,000 events spread over the run. Returns its time.
-        using var api = new HttpClient { BaseAddress = baseAddress, Timeout = Patience };
+        using var api = daemon.Authorize(new HttpClient { BaseAddress = baseAddress, Timeout = Patience });
         var filler = 0;
         async Task<TimeSpan> RoundAsync()
         {
@@ -175,7 +175,7 @@ public sealed class EventStreamTests(ITestOutputHelper output)
         await using var daemon = new KestrelVirtd(new Dictionary<string, string?> { ["Events:SubscriberQueue"] = "1000" });
         var baseAddress = daemon.Start();
         var bus = daemon.Services.GetRequiredService<EventBus>();
-        using var http = new HttpClient(SmallReceiveBuffer()) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        using var http = daemon.Authorize(new HttpClient(SmallReceiveBuffer()) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan });
         await using var stalled = await SseClient.OpenAsync(http, "/api/v1/events", timeout: Patience);
         await WaitUntilAsync(() => bus.SubscriberCount == 1, "the subscriber to be registered");
 

@@ -40,7 +40,7 @@ public sealed class StressTests(ITestOutputHelper output)
         });
         var baseAddress = daemon.Start();
         using var handler = new SocketsHttpHandler { MaxConnectionsPerServer = ClientCount * 2, PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5) };
-        using var http = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(30) };
+        using var http = daemon.Authorize(new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(30) });
         var rec = new StressRecorder();
         var api = new VirtdHttp(http, rec);
         output.WriteLine($"virtd on {baseAddress} (Kestrel via WebApplicationFactory.UseKestrel); random phase {RunTime.TotalSeconds} s");

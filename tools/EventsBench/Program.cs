@@ -33,7 +33,7 @@ public static class EventsBench
         var rows = new List<(int N, Measurement Max, Measurement Fixed)>();
         foreach (var n in options.Subscribers)
         {
-            await using var clients = await Subscribers.OpenAsync(baseAddress, n);
+            await using var clients = await Subscribers.OpenAsync(baseAddress, daemon.AdminToken, n);
             var max = await Measure.MaxRateAsync(bus, clients, options.Duration);
             Console.WriteLine($"   {n,3} subscribers, max rate: {max}");
             var fixedRate = await Measure.FixedRateAsync(bus, clients, options.Rate, options.Duration);
@@ -168,9 +168,10 @@ sealed class Subscribers : IAsyncDisposable
 
     public int Count => _all.Count;
 
-    public static async Task<Subscribers> OpenAsync(Uri baseAddress, int n)
+    public static async Task<Subscribers> OpenAsync(Uri baseAddress, string token, int n)
     {
         var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = n + 4 }) { BaseAddress = baseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
         var all = new List<Subscriber>();
         for (var i = 0; i < n; i++)
         {
@@ -313,6 +314,9 @@ sealed class BenchDaemon : WebApplicationFactory<Program>
     private readonly string _run = Directory.CreateTempSubdirectory("vbe-").FullName;
 
     public BenchDaemon() => UseKestrel(k => k.Listen(IPAddress.Loopback, 0));
+
+    /// <summary>The admin token the daemon made on its first start.</summary>
+    public string AdminToken => File.ReadAllText(Path.Combine(_state, "initial-admin-token")).Trim();
 
     public Uri Start()
     {

@@ -3,19 +3,22 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Virtd.Bench;
 
-// Benchmark client for a running virtd: `virtd-bench lifecycle --url http://127.0.0.1:8478 [--starts 30] [--vms 10] [--seconds 10]`.
+// Benchmark client for a running virtd:
+// `virtd-bench lifecycle --url http://127.0.0.1:8478 --token-file STATE/initial-admin-token [--starts 30] [--vms 10] [--seconds 10]`.
 var opts = Args.Parse(args);
 using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 64 })
 {
     BaseAddress = new Uri(opts.Get("url", "http://127.0.0.1:8478")),
     Timeout = TimeSpan.FromMinutes(2),
 };
+http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer",
+    File.ReadAllText(opts.Get("token-file", "/var/lib/virtd/initial-admin-token")).Trim());
 switch (opts.Command)
 {
     case "lifecycle":
         return await Lifecycle.RunAsync(http, opts.Int("starts", 30), opts.Int("vms", 10), opts.Int("seconds", 10));
     default:
-        Console.Error.WriteLine("usage: virtd-bench lifecycle --url URL [--starts N] [--vms N] [--seconds N]");
+        Console.Error.WriteLine("usage: virtd-bench lifecycle --url URL --token-file FILE [--starts N] [--vms N] [--seconds N]");
         return 2;
 }
 

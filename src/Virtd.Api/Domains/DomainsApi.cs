@@ -1,3 +1,4 @@
+using Virtd.Api.Access;
 using Virtd.Api.Hosting;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
@@ -15,18 +16,18 @@ public static class DomainsApi
         var g = app.MapGroup("/api/v1/domains").WithTags("Domains");
 
         g.MapGet("", ListDomains).WithName("ListDomains").WithSummary("List domains, optionally by state and driver")
-            .ProducesValidationProblem();
+            .Requires(Role.Reader).ProducesValidationProblem();
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
-            .Problems(400, 409, 413, 415, 503);
+            .Requires(Role.Admin).Audited(201).Problems(400, 409, 413, 415, 503);
         g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
-            .Problems(404);
+            .Requires(Role.Reader).Problems(404);
         g.MapPut("/{id}", UpdateDomainAsync).WithName("UpdateDomain")
             .WithSummary("Replace a definition; If-Match honoured; a running domain takes it at next start")
-            .Problems(400, 404, 409, 412, 413, 415, 503);
+            .Requires(Role.Admin).Audited(200).Problems(400, 404, 409, 412, 413, 415, 503);
         g.MapDelete("/{id}", UndefineDomainAsync).WithName("UndefineDomain").WithSummary("Undefine a domain (409 while active)")
-            .Problems(404, 409, 412, 503);
+            .Requires(Role.Admin).Audited(204).Problems(404, 409, 412, 503);
         g.MapGet("/{id}/gate", GetGate).WithName("GetDomainGate").WithSummary("Who holds the domain's job gate, since when, and what is queued")
-            .Problems(404);
+            .Requires(Role.Reader).Problems(404);
 
         Action(g, "start", DomainAction.Start, "Start the domain");
         g.MapPost("/{id}/shutdown", ShutdownAsync).WithName("ShutdownDomain").ActionMetadata("ACPI power button; waits up to timeout, then fails or (force) destroys");
@@ -45,7 +46,7 @@ public static class DomainsApi
 
     private static RouteHandlerBuilder ActionMetadata(this RouteHandlerBuilder b, string summary) =>
         b.WithSummary(summary + ". Answers 202 with the queued job; with ?wait=N (≤ 300 s) waits and answers 200 once it has finished.")
-            .Problems(400, 404, 409, 429, 503);
+            .Requires(Role.Operator).Audited(202).Problems(400, 404, 409, 429, 503);
 
     internal static RouteHandlerBuilder Problems(this RouteHandlerBuilder b, params int[] statuses)
     {
@@ -81,7 +82,7 @@ public static class DomainsApi
 
     public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)
     {
-        var d = await svc.DefineAsync(definition, ct).ConfigureAwait(false);
+        var d = await svc.DefineAsync(definition, ct, Audit.Of(http).Before).ConfigureAwait(false);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
         return TypedResults.Created($"/api/v1/domains/{Uri.EscapeDataString(d.Name)}", DomainDto.From(d, v, time.GetUtcNow()));
@@ -90,15 +91,16 @@ public static class DomainsApi
     public static async Task<Ok<DomainDto>> UpdateDomainAsync(string id, DomainDefinition definition, [FromHeader(Name = "If-Match")] string? ifMatch,
         HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)
     {
-        var d = await svc.UpdateAsync(id, definition, ifMatch, ct).ConfigureAwait(false);
+        var d = await svc.UpdateAsync(id, definition, ifMatch, ct, Audit.Of(http).Before).ConfigureAwait(false);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
         return TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
     }
 
-    public static async Task<NoContent> UndefineDomainAsync(string id, [FromHeader(Name = "If-Match")] string? ifMatch, DomainService svc, CancellationToken ct)
+    public static async Task<NoContent> UndefineDomainAsync(string id, [FromHeader(Name = "If-Match")] string? ifMatch, HttpContext http,
+        DomainService svc, CancellationToken ct)
     {
-        await svc.UndefineAsync(id, ifMatch, ct).ConfigureAwait(false);
+        await svc.UndefineAsync(id, ifMatch, ct, Audit.Of(http).Before).ConfigureAwait(false);
         return TypedResults.NoContent();
     }
 
@@ -130,7 +132,7 @@ public static class DomainsApi
         HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
     {
         JobsApi.CheckWait(wait);
-        var job = svc.SubmitAction(id, action, body);
+        var job = svc.SubmitAction(id, action, body, Audit.Of(http).Before);
         return await JobsApi.RespondAsync(job, wait, http, life, ct).ConfigureAwait(false);
     }
 

@@ -37,6 +37,7 @@ public static partial class ProblemResponses
         http.Response.Clear();
         http.Response.StatusCode = e.Status;
         if (e.RetryAfterSeconds is { } s) http.Response.Headers.RetryAfter = s.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (e.Challenge is { } challenge) http.Response.Headers.WWWAuthenticate = challenge;
         http.Response.ContentType = ContentType;
         await JsonSerializer.SerializeAsync(http.Response.Body, Create(http, e), VirtdJson.Options, http.RequestAborted).ConfigureAwait(false);
     }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Mvc;
+using Virtd.Api.Access;
 using Virtd.Api.Domains;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
@@ -27,7 +28,7 @@ public static class EventsApi
                 "from the resync's id. A frame with only `id:` moves the resume point; `:` lines are heartbeats. The Last-Event-ID header " +
                 "wins over ?lastEventId=.")
             .Produces(StatusCodes.Status200OK, typeof(string), ContentType)
-            .Problems(400, 503);
+            .Requires(Role.Reader).Problems(400, 503);
         return app;
     }
 

@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Http.HttpResults;
+using Virtd.Api.Access;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
 using Virtd.Api.Hosting;
@@ -35,11 +36,11 @@ public static class HostApi
 {
     public static IEndpointRouteBuilder MapHostApi(this IEndpointRouteBuilder app)
     {
-        app.MapGet("/api/v1/host", GetHost).WithTags("Host").WithName("GetHost").WithSummary("Host and daemon facts");
+        app.MapGet("/api/v1/host", GetHost).WithTags("Host").WithName("GetHost").WithSummary("Host and daemon facts").Requires(Role.Reader);
         app.MapGet("/healthz", () => TypedResults.Ok(new HealthDto("ok"))).WithTags("Host").WithName("Healthz")
-            .WithSummary("Liveness: 200 while the process serves HTTP");
+            .WithSummary("Liveness: 200 while the process serves HTTP (anonymous)").AllowAnonymous();
         app.MapGet("/readyz", Ready).WithTags("Host").WithName("Readyz")
-            .WithSummary("Readiness: 200 once drivers and workers are up; 503 while starting or stopping").Problems(503);
+            .WithSummary("Readiness: 200 once drivers and workers are up; 503 while starting or stopping (anonymous)").AllowAnonymous().Problems(503);
         return app;
     }
 

@@ -37,6 +37,8 @@ public sealed class VirtdDaemon(
             Directory.CreateDirectory(options.Virtd.StateDirectory);
             Directory.CreateDirectory(options.Virtd.DomainsDirectory);
             Directory.CreateDirectory(options.Virtd.RunDirectory);
+            // Traversable by everyone (like /run/libvirt), so that other users reach the read-only socket inside.
+            File.SetUnixFileMode(options.Virtd.RunDirectory, (UnixFileMode)0b111_101_101);
             foreach (var pool in options.Storage.Pools) Directory.CreateDirectory(pool);
             return 0;
         });

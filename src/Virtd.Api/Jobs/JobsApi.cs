@@ -1,3 +1,4 @@
+using Virtd.Api.Access;
 using Virtd.Api.Hosting;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Virtd.Api.Domains;
@@ -37,12 +38,12 @@ public static class JobsApi
     {
         var g = app.MapGroup("/api/v1/jobs").WithTags("Jobs");
         g.MapGet("", ListJobs).WithName("ListJobs").WithSummary("Recent jobs, newest first; filters domain, state; limit (default 100, ≤ 10000)")
-            .Problems(400);
+            .Requires(Role.Reader).Problems(400);
         g.MapGet("/{jobId}", GetJobAsync).WithName("GetJob").WithSummary("One job; ?wait=N long-polls up to N s (≤ 300) for it to finish")
-            .Problems(400, 404);
+            .Requires(Role.Reader).Problems(400, 404);
         g.MapDelete("/{jobId}", CancelJob).WithName("CancelJob")
             .WithSummary("Cancel a queued job, or a running start, shutdown or reboot; 409 once finished or when not cancellable")
-            .Problems(404, 409);
+            .Requires(Role.Operator).Audited(202).Problems(404, 409, 503);
         return app;
     }
 
@@ -67,12 +68,13 @@ public static class JobsApi
         return TypedResults.Ok(JobDto.From(job));
     }
 
-    public static Accepted<JobDto> CancelJob(string jobId, JobStore store, JobScheduler scheduler)
+    public static Accepted<JobDto> CancelJob(string jobId, HttpContext http, JobStore store, JobScheduler scheduler)
     {
         var job = Find(jobId, store);
-        if (!scheduler.Cancel(job, "cancelled by request"))
-            throw new VirtdException(ErrorCodes.JobNotCancellable, 409, "Job not cancellable",
-                $"a running {job.Kind.ToString().ToLowerInvariant()} job cannot be cancelled");
+        if (job.IsFinished) throw VirtdException.InvalidState($"job {job.Id} has already finished ({job.State.ToString().ToLowerInvariant()})");
+        if (job.State == JobState.Running && !job.Cancellable) throw NotCancellable(job);
+        Audit.Of(http).Write(job.Domain.Name, job.Id);
+        if (!scheduler.Cancel(job, "cancelled by request")) throw NotCancellable(job);
         return TypedResults.Accepted($"/api/v1/jobs/{job.Id}", JobDto.From(job));
     }
 
@@ -97,6 +99,9 @@ public static class JobsApi
         catch (TimeoutException) { }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
     }
+
+    private static VirtdException NotCancellable(Job job) =>
+        new(ErrorCodes.JobNotCancellable, 409, "Job not cancellable", $"a running {job.Kind.ToString().ToLowerInvariant()} job cannot be cancelled");
 
     internal static void CheckWait(int? wait)
     {

@@ -28,6 +28,9 @@ public sealed class DaemonProcess : IAsyncDisposable
     public string RunDirectory { get; }
     public HttpClient Http { get; }
     public int Pid => _process.Id;
+
+    /// <summary>The secret of the admin token the daemon made on its first start; <see cref="Http"/> uses it once the daemon is ready.</summary>
+    public string AdminToken => File.ReadAllText(Path.Combine(StateDirectory, "initial-admin-token")).Trim();
     public bool HasExited => _process.HasExited;
 
     /// <summary>Everything the daemon wrote to stdout and stderr so far.</summary>
@@ -74,7 +77,7 @@ public sealed class DaemonProcess : IAsyncDisposable
         return d;
     }
 
-    /// <summary>Polls /readyz until 200; fails with the daemon's output if it exits or the deadline passes.</summary>
+    /// <summary>Polls /readyz until 200, then gives <see cref="Http"/> the admin token; fails with the daemon's output if it exits or the deadline passes.</summary>
     public async Task WaitReadyAsync(TimeSpan? timeout = null)
     {
         var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(60));
@@ -85,7 +88,11 @@ public sealed class DaemonProcess : IAsyncDisposable
             {
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                 using var r = await Http.GetAsync("/readyz", cts.Token);
-                if (r.StatusCode == HttpStatusCode.OK) return;
+                if (r.StatusCode == HttpStatusCode.OK)
+                {
+                    Http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", AdminToken);
+                    return;
+                }
             }
             catch (HttpRequestException) { } // not listening yet
             catch (TaskCanceledException) { }

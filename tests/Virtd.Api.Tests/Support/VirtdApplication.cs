@@ -1,3 +1,4 @@
+using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text.Json;
 using Microsoft.AspNetCore.Hosting;
@@ -36,6 +37,24 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
     public string ImagesDirectory => Path.Combine(StateDirectory, "images");
 
     public static JsonSerializerOptions Json => VirtdJson.Options;
+
+    /// <summary>The secret of the admin token the daemon made on its first start (<c>initial-admin-token</c>).</summary>
+    public string AdminToken => File.ReadAllText(Path.Combine(StateDirectory, "initial-admin-token")).Trim();
+
+    /// <summary>Clients act as the initial admin unless a test says otherwise (<see cref="CreateClient(string?)"/>).</summary>
+    protected override void ConfigureClient(HttpClient client)
+    {
+        base.ConfigureClient(client);
+        client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", AdminToken);
+    }
+
+    /// <summary>A client with this bearer token, or with no credentials at all when null.</summary>
+    public HttpClient CreateClient(string? token)
+    {
+        var client = CreateClient();
+        client.DefaultRequestHeaders.Authorization = token is null ? null : new AuthenticationHeaderValue("Bearer", token);
+        return client;
+    }
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {

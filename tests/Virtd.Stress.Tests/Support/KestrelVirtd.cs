@@ -39,6 +39,16 @@ public sealed class KestrelVirtd : WebApplicationFactory<Program>
     public string RunDirectory { get; }
     public LogCollector Logs { get; } = new();
 
+    /// <summary>The secret of the admin token the daemon made on its first start.</summary>
+    public string AdminToken => File.ReadAllText(Path.Combine(StateDirectory, "initial-admin-token")).Trim();
+
+    /// <summary>Lets <paramref name="http"/> act as the initial admin.</summary>
+    public HttpClient Authorize(HttpClient http)
+    {
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", AdminToken);
+        return http;
+    }
+
     /// <summary>Starts Kestrel and returns the address it bound.</summary>
     public Uri Start()
     {
