@@ -1,6 +1,4 @@
 using System.Net;
-using Microsoft.AspNetCore.Authentication;
-using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.Cors.Infrastructure;
 using Microsoft.AspNetCore.HostFiltering;
 using Virtd.Api.Hosting;
@@ -49,16 +47,6 @@ public static class AccessControl
         s.AddSingleton<AuthFailureLimiter>();
         s.AddHostedService<AccessLifecycle>();
 
-        s.AddAuthentication(VirtdAuthentication.SchemeName).AddScheme<AuthenticationSchemeOptions, VirtdAuthentication>(VirtdAuthentication.SchemeName, null);
-        s.AddAuthorizationBuilder()
-            .AddPolicy(AccessPolicies.Name(Role.Reader), AccessPolicies.For(Role.Reader))
-            .AddPolicy(AccessPolicies.Name(Role.Operator), AccessPolicies.For(Role.Operator))
-            .AddPolicy(AccessPolicies.Name(Role.Admin), AccessPolicies.For(Role.Admin))
-            // An endpoint that names no role is admin-only, and so is a path no endpoint serves: closed by default.
-            .SetFallbackPolicy(AccessPolicies.For(Role.Admin));
-        s.AddSingleton<IAuthorizationHandler, RoleRequirementHandler>();
-        s.AddSingleton<Microsoft.AspNetCore.Authorization.IAuthorizationMiddlewareResultHandler, AccessResultHandler>();
-
         // Our own Host check answers with problem+json (and skips the Unix sockets); ASP.NET Core's would answer first, in HTML.
         s.Configure<HostFilteringOptions>(o => o.AllowedHosts = ["*"]);
         s.AddSingleton(sp => BrowserSafety.AllowedHosts(sp.GetRequiredService<IConfiguration>(), sp.GetRequiredService<SecurityOptions>()));
@@ -73,13 +61,13 @@ public static class AccessControl
         return builder;
     }
 
-    /// <summary>Host check, CORS, authentication and authorization, in that order.</summary>
+    /// <summary>Host check, CORS (when origins are configured), who is calling, and the role check, in that order.</summary>
     public static WebApplication UseAccessControl(this WebApplication app)
     {
         app.UseAllowedHosts();
-        app.UseCors();
-        app.UseAuthentication();
-        app.UseAuthorization();
+        if (app.Configuration.GetSection("Security:CorsOrigins").GetChildren().Any()) app.UseCors();
+        app.UseVirtdAuthentication();
+        app.UseRoles();
         return app;
     }
 }

@@ -38,8 +38,8 @@ public static class SessionApi
     {
         if (BrowserSafety.CheckOrigin(http) is { } foreign) throw foreign;
         if (string.IsNullOrEmpty(request.Token)) throw VirtdException.Validation("token", "is required: an API token's secret");
+        if (limiter.Blocked(http)) throw AccessErrors.TooManyFailures(limiter.PerSecond);
         var client = Clients.Address(http);
-        if (limiter.Blocked(client)) throw AccessErrors.TooManyFailures(limiter.PerSecond);
         var check = tokens.CheckToken(request.Token, out var token);
         if (check != SecretCheck.Valid)
         {

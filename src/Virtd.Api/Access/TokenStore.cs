@@ -145,8 +145,9 @@ public sealed class TokenStore
     public SecretCheck CheckToken(ReadOnlySpan<char> secret, out TokenEntry? token)
     {
         token = null;
-        if (!TryHash(secret, out var hash, out var key)) return SecretCheck.Unknown;
-        if (!_snapshot.ByHash.TryGetValue(key, out var found) || !CryptographicOperations.FixedTimeEquals(found.Hash, hash)) return SecretCheck.Unknown;
+        Span<byte> hash = stackalloc byte[32];
+        if (!TryHash(secret, hash)) return SecretCheck.Unknown;
+        if (!_snapshot.ByHash.TryGetValue(HashKey.Of(hash), out var found) || !CryptographicOperations.FixedTimeEquals(found.Hash, hash)) return SecretCheck.Unknown;
         var now = _time.GetUtcNow();
         if (found.ExpiredAt(now)) return SecretCheck.Expired;
         found.Touch(now);
@@ -158,8 +159,9 @@ public sealed class TokenStore
     public SecretCheck CheckSession(ReadOnlySpan<char> secret, out SessionEntry? session)
     {
         session = null;
-        if (!TryHash(secret, out var hash, out var key)) return SecretCheck.Unknown;
-        if (!_snapshot.Sessions.TryGetValue(key, out var found) || !CryptographicOperations.FixedTimeEquals(found.Hash, hash)) return SecretCheck.Unknown;
+        Span<byte> hash = stackalloc byte[32];
+        if (!TryHash(secret, hash)) return SecretCheck.Unknown;
+        if (!_snapshot.Sessions.TryGetValue(HashKey.Of(hash), out var found) || !CryptographicOperations.FixedTimeEquals(found.Hash, hash)) return SecretCheck.Unknown;
         var now = _time.GetUtcNow();
         if (found.ExpiresAt <= now || found.Token.ExpiredAt(now)) return SecretCheck.Expired;
         found.Token.Touch(now);
@@ -201,8 +203,7 @@ public sealed class TokenStore
             var expires = now + lifetime;
             if (token.ExpiresAt is { } e && e < expires) expires = e;
             var secret = NewSecret();
-            TryHash(secret, out var hash, out _);
-            var session = new SessionEntry(token, hash, now, expires);
+            var session = new SessionEntry(token, HashOf(secret), now, expires);
             Commit(_snapshot.WithSession(session, now));
             return (session, secret);
         }
@@ -253,18 +254,17 @@ public sealed class TokenStore
 
     internal static string NewSecret() => SecretPrefix + Base64Url.EncodeToString(RandomNumberGenerator.GetBytes(32));
 
-    /// <summary>The SHA-256 of a secret as bytes and as a dictionary key. Over-long input is no secret of ours.</summary>
-    private static bool TryHash(ReadOnlySpan<char> secret, out byte[] hash, out HashKey key)
+    /// <summary>The SHA-256 of a presented secret, allocating nothing. Empty or over-long input is no secret of ours.</summary>
+    private static bool TryHash(ReadOnlySpan<char> secret, Span<byte> hash)
     {
-        hash = [];
-        key = default;
         if (secret.Length is 0 or > 256) return false;
         Span<byte> utf8 = stackalloc byte[secret.Length * 3];
         var n = Encoding.UTF8.GetBytes(secret, utf8);
-        hash = SHA256.HashData(utf8[..n]);
-        key = HashKey.Of(hash);
+        SHA256.HashData(utf8[..n], hash);
         return true;
     }
+
+    private static byte[] HashOf(string secret) => SHA256.HashData(Encoding.UTF8.GetBytes(secret));
 
     internal static byte[] ParseHash(string text) =>
         text.StartsWith("sha256:", StringComparison.Ordinal) && Convert.FromHexString(text.AsSpan(7)) is { Length: 32 } h
@@ -312,10 +312,10 @@ public sealed class TokenStore
         public (Snapshot, string Secret) WithToken(string name, Role role, DateTimeOffset now, DateTimeOffset? expiresAt)
         {
             var secret = NewSecret();
-            TryHash(secret, out var hash, out var key);
+            var hash = HashOf(secret);
             var entry = new TokenEntry(name, role, hash, now, expiresAt, null);
             var byName = new Dictionary<string, TokenEntry>(ByName, StringComparer.Ordinal) { [name] = entry };
-            var byHash = new Dictionary<HashKey, TokenEntry>(ByHash) { [key] = entry };
+            var byHash = new Dictionary<HashKey, TokenEntry>(ByHash) { [HashKey.Of(hash)] = entry };
             return (new Snapshot(byName, byHash, Sessions), secret);
         }
 

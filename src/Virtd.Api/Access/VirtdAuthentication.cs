@@ -1,48 +1,59 @@
 using System.Collections.Concurrent;
-using System.Text.Encodings.Web;
 using System.Threading.RateLimiting;
-using Microsoft.AspNetCore.Authentication;
-using Microsoft.Extensions.Options;
 using Virtd.Core.Errors;
 
 namespace Virtd.Api.Access;
 
 /// <summary>
 /// Who is calling, from the first of: the Unix socket the request came in on (its role, the peer's uid); an
-/// <c>Authorization: Bearer</c> token; the dashboard's session cookie. No credentials is no result (the endpoint's
-/// policy then answers 401); wrong ones fail, count against the client's address and are logged at warning.
+/// <c>Authorization: Bearer</c> token; the dashboard's session cookie. The caller becomes <c>HttpContext.User</c>
+/// (one principal per token, session or connection, made once), which ASP.NET Core's authorization then checks
+/// against the endpoint's policy. No credentials leaves the user anonymous (the policy answers 401); wrong ones are
+/// kept as an <see cref="AccessDenied"/> for that answer, count against the client's address and are logged at warning.
+/// This is a middleware rather than an AuthenticationHandler: a handler is built and initialised for every request,
+/// and that machinery cost more than all of a domain read (measured: +20 µs of CPU on a 25 µs read).
 /// </summary>
-public sealed class VirtdAuthentication(
-    IOptionsMonitor<AuthenticationSchemeOptions> options,
-    ILoggerFactory logs,
-    UrlEncoder encoder,
-    TokenStore tokens,
-    AuthFailureLimiter limiter) : AuthenticationHandler<AuthenticationSchemeOptions>(options, logs, encoder)
+public static class VirtdAuthentication
 {
     public const string SchemeName = "virtd";
     public const string SessionCookie = "virtd_session";
 
-    protected override Task<AuthenticateResult> HandleAuthenticateAsync() => Task.FromResult(Authenticate());
-
-    private AuthenticateResult Authenticate()
+    public static IApplicationBuilder UseVirtdAuthentication(this IApplicationBuilder app)
     {
-        if (Context.Features.Get<UnixPeer>() is { } peer) return Success(peer.Caller);
+        // Resolved at the first request: the options behind them are checked at start, not while the pipeline is built.
+        TokenStore? tokens = null;
+        AuthFailureLimiter? limiter = null;
+        return app.Use((http, next) =>
+        {
+            tokens ??= http.RequestServices.GetRequiredService<TokenStore>();
+            limiter ??= http.RequestServices.GetRequiredService<AuthFailureLimiter>();
+            if (Identify(http, tokens, limiter) is { } caller) http.User = caller.Principal;
+            return next(http);
+        });
+    }
 
-        var authorization = Request.Headers.Authorization;
-        var cookie = authorization.Count == 0 ? Request.Cookies[SessionCookie] : null;
-        if (authorization.Count == 0 && cookie is null) return AuthenticateResult.NoResult();
+    private static Caller? Identify(HttpContext http, TokenStore tokens, AuthFailureLimiter limiter)
+    {
+        if (http.Features.Get<UnixPeer>() is { } peer) return peer.Caller;
 
-        var client = Clients.Address(Context);
-        if (limiter.Blocked(client)) return AuthenticateResult.Fail(new AccessDenied(AccessErrors.TooManyFailures(limiter.PerSecond)));
+        var authorization = http.Request.Headers.Authorization;
+        var cookie = authorization.Count == 0 ? http.Request.Cookies[SessionCookie] : null;
+        if (authorization.Count == 0 && cookie is null) return null;
 
-        string? problem;
+        if (limiter.Blocked(http))
+        {
+            http.Features.Set(new AccessDenied(AccessErrors.TooManyFailures(limiter.PerSecond)));
+            return null;
+        }
+
+        string problem;
         if (authorization.Count > 0)
         {
             var value = authorization.ToString().AsSpan().Trim();
             if (value.Length > 7 && value.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
             {
                 var check = tokens.CheckToken(value[7..].Trim(), out var token);
-                if (check == SecretCheck.Valid) return Success(token!.Caller);
+                if (check == SecretCheck.Valid) return token!.Caller;
                 problem = check == SecretCheck.Expired ? "the bearer token has expired" : "the bearer token is not valid (unknown or revoked)";
             }
             else
@@ -53,26 +64,20 @@ public sealed class VirtdAuthentication(
         else
         {
             var check = tokens.CheckSession(cookie, out var session);
-            if (check == SecretCheck.Valid)
-            {
-                Context.Features.Set(session);
-                return Success(session!.Caller);
-            }
+            if (check == SecretCheck.Valid) return session!.Caller;
             problem = check == SecretCheck.Expired ? "the session has expired; sign in again" : "the session is not valid (signed out, or its token was revoked); sign in again";
         }
+        var client = Clients.Address(http);
         limiter.Failed(client);
-        Logger.LogWarning("authentication failed from {Client} on {Method} {Path}: {Problem}", client, Request.Method, Request.Path, problem);
-        return AuthenticateResult.Fail(new AccessDenied(AccessErrors.Unauthenticated(problem)));
+        http.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("Virtd.Api.Access")
+            .LogWarning("authentication failed from {Client} on {Method} {Path}: {Problem}", client, http.Request.Method, http.Request.Path, problem);
+        http.Features.Set(new AccessDenied(AccessErrors.Unauthenticated(problem)));
+        return null;
     }
-
-    private static AuthenticateResult Success(Caller caller) => AuthenticateResult.Success(new AuthenticationTicket(caller.Principal, SchemeName));
 }
 
-/// <summary>Why authentication failed, as the problem the client gets.</summary>
-public sealed class AccessDenied(VirtdException problem) : Exception(problem.Detail)
-{
-    public VirtdException Problem { get; } = problem;
-}
+/// <summary>Why the request's credentials were refused: the problem the client gets when its endpoint needs a caller.</summary>
+public sealed record AccessDenied(VirtdException Problem);
 
 /// <summary>
 /// Failed authentications per client address, counted by ASP.NET Core's rate limiter (a fixed one-second window
@@ -94,10 +99,11 @@ public sealed class AuthFailureLimiter : IAsyncDisposable
 
     public int PerSecond { get; }
 
-    public bool Blocked(string client)
+    public bool Blocked(HttpContext http)
     {
         var now = Environment.TickCount64;
         if (now >= Interlocked.Read(ref _anyBlockedUntil)) return false;
+        var client = Clients.Address(http);
         if (!_blockedUntil.TryGetValue(client, out var until)) return false;
         if (now < until) return true;
         _blockedUntil.TryRemove(KeyValuePair.Create(client, until));

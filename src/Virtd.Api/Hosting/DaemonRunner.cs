@@ -12,10 +12,21 @@ public static class DaemonRunner
             await app.RunAsync().ConfigureAwait(false);
             return Environment.ExitCode;
         }
-        catch (ConfigurationException e)
+        catch (Exception e) when (Find<ConfigurationException>(e) is { } config)
         {
-            await Console.Error.WriteLineAsync($"virtd: {e.Message}").ConfigureAwait(false);
+            // Thrown directly, or from inside the host's start (a listener that cannot be used).
+            await Console.Error.WriteLineAsync($"virtd: {config.Message}").ConfigureAwait(false);
             return 2;
         }
+    }
+
+    private static T? Find<T>(Exception? e) where T : Exception
+    {
+        for (; e is not null; e = e.InnerException)
+        {
+            if (e is T found) return found;
+            if (e is AggregateException { InnerExceptions.Count: 1 } one) e = one;
+        }
+        return null;
     }
 }

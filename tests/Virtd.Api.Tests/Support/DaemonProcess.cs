@@ -14,13 +14,18 @@ public sealed class DaemonProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly StringBuilder _output = new();
 
-    private DaemonProcess(Process process, int port, string stateDirectory, string runDirectory)
+    private DaemonProcess(Process process, int port, string stateDirectory, string runDirectory, Uri address)
     {
         _process = process;
         Port = port;
         StateDirectory = stateDirectory;
         RunDirectory = runDirectory;
-        Http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(30) };
+        // A test certificate is self-signed: trusted here without checks.
+        Http = new HttpClient(new SocketsHttpHandler { SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true } })
+        {
+            BaseAddress = address,
+            Timeout = TimeSpan.FromSeconds(30),
+        };
     }
 
     public int Port { get; }
@@ -41,8 +46,9 @@ public sealed class DaemonProcess : IAsyncDisposable
 
     /// <param name="stateDirectory">Reuse a state directory (a restart); a new temporary one when null.</param>
     /// <param name="runDirectory">Reuse a run directory (a restart finds the VMs it left running); a new one when null.</param>
+    /// <param name="url">The daemon's <c>--urls</c>, with <c>{port}</c> for a free port; <see cref="Http"/> reaches it on 127.0.0.1.</param>
     public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null,
-        string? stateDirectory = null, string? runDirectory = null)
+        string? stateDirectory = null, string? runDirectory = null, string url = "http://127.0.0.1:{port}")
     {
         var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
         if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
@@ -57,7 +63,11 @@ public sealed class DaemonProcess : IAsyncDisposable
             UseShellExecute = false,
             WorkingDirectory = AppContext.BaseDirectory,
         };
-        foreach (var a in new[] { daemon, "--urls", $"http://127.0.0.1:{port}", "--StateDirectory", state, "--RunDirectory", run })
+        var urls = url.Replace("{port}", port.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+        var first = urls.Split(';')[0];
+        foreach (var any in new[] { "0.0.0.0", "[::]", "*", "+" }) first = first.Replace("://" + any + ":", "://127.0.0.1:", StringComparison.Ordinal);
+        var address = new Uri(first);
+        foreach (var a in new[] { daemon, "--urls", urls, "--StateDirectory", state, "--RunDirectory", run })
             psi.ArgumentList.Add(a);
         foreach (var a in args ?? []) psi.ArgumentList.Add(a);
         // Only what the test gives: nothing of the test runner's own VIRTD_ or ASP.NET settings leaks in.
@@ -68,7 +78,7 @@ public sealed class DaemonProcess : IAsyncDisposable
         foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
-        var d = new DaemonProcess(process, port, state, run);
+        var d = new DaemonProcess(process, port, state, run, address);
         process.OutputDataReceived += (_, e) => d.Append(e.Data);
         process.ErrorDataReceived += (_, e) => d.Append(e.Data);
         process.Start();
