@@ -4,6 +4,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Virtd.Core;
 
 namespace Virtd.Api.Tests.Support;
@@ -16,8 +17,10 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
 {
     private readonly Dictionary<string, string?> _settings;
 
-    public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null)
+    /// <param name="kestrel">Serve on real Kestrel on a loopback port (see <see cref="StartKestrel"/>) instead of the in-memory test server.</param>
+    public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null, bool kestrel = false)
     {
+        if (kestrel) UseKestrel(k => k.Listen(System.Net.IPAddress.Loopback, 0));
         StateDirectory = stateDirectory ?? TestDirectories.Create("virtd-test-");
         RunDirectory = TestDirectories.Create("virtd-run-");
         _settings = new Dictionary<string, string?>
@@ -37,6 +40,14 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
     public string ImagesDirectory => Path.Combine(StateDirectory, "images");
 
     public static JsonSerializerOptions Json => VirtdJson.Options;
+
+    /// <summary>Starts Kestrel (constructed with <c>kestrel: true</c>) and returns the address it listens on.</summary>
+    public Uri StartKestrel()
+    {
+        StartServer();
+        return new Uri(Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>()
+            .Features.Get<Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature>()!.Addresses.First());
+    }
 
     /// <summary>The secret of the admin token the daemon made on its first start (<c>initial-admin-token</c>).</summary>
     public string AdminToken => File.ReadAllText(Path.Combine(StateDirectory, "initial-admin-token")).Trim();
