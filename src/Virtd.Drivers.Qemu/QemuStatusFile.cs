@@ -22,7 +22,8 @@ public sealed record QemuStatusFile(
     DomainDefinition Definition)
 {
     /// <summary>Atomic (a reader sees the old file or the new one), not fsynced: it must survive the daemon, not the host.</summary>
-    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, VirtdJson.Options), durable: false);
+    /// <summary>Owner-only: the run directory is open to everyone (for the read-only API socket), the VM's definition is not.</summary>
+    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, VirtdJson.Options), durable: false, AtomicFile.OwnerOnly);
 
     /// <summary>The status at <paramref name="path"/>, or null with why it cannot be used.</summary>
     public static (QemuStatusFile? Status, string? Problem) TryRead(string path)

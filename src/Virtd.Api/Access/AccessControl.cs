@@ -61,13 +61,17 @@ public static class AccessControl
         return builder;
     }
 
-    /// <summary>Host check, CORS (when origins are configured), who is calling, and the role check, in that order.</summary>
+    /// <summary>
+    /// CORS (when origins are configured), who is calling, the role check, then the Host check. A caller without
+    /// credentials learns nothing, whatever Host it sent: a guest reaching the daemon through its user NIC's
+    /// 10.0.2.2 gets 401, not a hint about names.
+    /// </summary>
     public static WebApplication UseAccessControl(this WebApplication app)
     {
-        app.UseAllowedHosts();
         if (app.Configuration.GetSection("Security:CorsOrigins").GetChildren().Any()) app.UseCors();
         app.UseVirtdAuthentication();
         app.UseRoles();
+        app.UseAllowedHosts();
         return app;
     }
 }

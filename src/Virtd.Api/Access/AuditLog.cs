@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Virtd.Api.Errors;
 using Virtd.Core.Domains;
+using Virtd.Core.Persistence;
 
 namespace Virtd.Api.Access;
 
@@ -61,11 +62,11 @@ public sealed class AuditLog(string path, bool ownsFile, ILogger<AuditLog> log) 
             Access = FileAccess.Write,
             Share = FileShare.ReadWrite,
             BufferSize = 0,
-            UnixCreateMode = TokenStore.OwnerOnly,
+            UnixCreateMode = AtomicFile.OwnerOnly,
         });
         if (stream.CanSeek) stream.Seek(0, SeekOrigin.End);
         // The daemon's own file is kept owner-only whatever made it; a file named in Security:AuditLog is the operator's.
-        if (ownsFile && (File.GetUnixFileMode(Path) & ~TokenStore.OwnerOnly) != 0) File.SetUnixFileMode(Path, TokenStore.OwnerOnly);
+        if (ownsFile && (File.GetUnixFileMode(Path) & ~AtomicFile.OwnerOnly) != 0) File.SetUnixFileMode(Path, AtomicFile.OwnerOnly);
         _stream = stream;
     }
 

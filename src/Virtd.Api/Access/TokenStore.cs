@@ -126,7 +126,7 @@ public sealed class TokenStore
             {
                 var (snapshot, secret) = Snapshot.Empty.WithToken(InitialAdmin, Role.Admin, _time.GetUtcNow(), null);
                 Save(snapshot);
-                AtomicFile.Write(_initialSecretFile, Encoding.ASCII.GetBytes(secret + "\n"), mode: OwnerOnly);
+                AtomicFile.Write(_initialSecretFile, Encoding.ASCII.GetBytes(secret + "\n"), mode: AtomicFile.OwnerOnly);
                 _snapshot = snapshot;
                 _log.LogWarning("no API tokens yet: created the admin token '{Name}'; its secret is in {File} (readable by this user only)",
                     InitialAdmin, _initialSecretFile);
@@ -234,14 +234,12 @@ public sealed class TokenStore
     }
 
     private void Save(Snapshot s) =>
-        AtomicFile.Write(_file, JsonSerializer.SerializeToUtf8Bytes(s.ToFile(), AccessJson.Default.TokenFile), mode: OwnerOnly);
-
-    internal const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        AtomicFile.Write(_file, JsonSerializer.SerializeToUtf8Bytes(s.ToFile(), AccessJson.Default.TokenFile), mode: AtomicFile.OwnerOnly);
 
     private void EnsureMode(string path)
     {
-        if ((File.GetUnixFileMode(path) & ~OwnerOnly) == 0) return;
-        File.SetUnixFileMode(path, OwnerOnly);
+        if ((File.GetUnixFileMode(path) & ~AtomicFile.OwnerOnly) == 0) return;
+        File.SetUnixFileMode(path, AtomicFile.OwnerOnly);
         _log.LogWarning("{File} was readable by others; set to mode 0600", path);
     }
 

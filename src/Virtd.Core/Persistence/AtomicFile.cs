@@ -5,6 +5,9 @@ namespace Virtd.Core.Persistence;
 /// <summary>Crash-safe file replacement: temp file, fsync, rename over, fsync the directory.</summary>
 public static class AtomicFile
 {
+    /// <summary>Read and write for the owner only (0600): secrets, definitions, runtime status.</summary>
+    public const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+
     /// <param name="durable">
     /// Also survive power loss (fsync of the file and its directory). Runtime files of running VMs skip it: they
     /// only need to survive the daemon's own crash, which the page cache does, and the VMs do not outlive the host.

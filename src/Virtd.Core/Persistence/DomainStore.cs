@@ -20,7 +20,7 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
     {
         System.IO.Directory.CreateDirectory(Directory);
         var bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Indented);
-        AtomicFile.Write(PathOf(definition.Name), bytes);
+        AtomicFile.Write(PathOf(definition.Name), bytes, mode: AtomicFile.OwnerOnly);
     }
 
     public void Delete(string name) => AtomicFile.Delete(PathOf(name));
