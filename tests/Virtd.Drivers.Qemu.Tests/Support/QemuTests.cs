@@ -22,7 +22,8 @@ public sealed class QemuApp : IAsyncDisposable
     public static readonly TimeSpan MonitorTimeout = TimeSpan.FromSeconds(2);
 
     /// <param name="testGuest">Also allow the test guest's kernel and initrd (its directory becomes a second storage pool).</param>
-    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false)
+    /// <param name="kestrel">Serve on real Kestrel on a loopback port (<see cref="Address"/>), where a guest's user NIC reaches it.</param>
+    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false, bool kestrel = false)
     {
         QemuHost.RequireQemu();
         var state = TestDirectories.Create("virtd-qemu-");
@@ -37,10 +38,22 @@ public sealed class QemuApp : IAsyncDisposable
             all["Storage:Pools:1"] = TestGuest.Directory;
         }
         if (settings is not null) foreach (var (k, v) in settings) all[k] = v;
-        App = new VirtdApplication(state, all);
-        Http = App.CreateClient();
+        App = new VirtdApplication(state, all, kestrel);
+        if (kestrel)
+        {
+            Address = App.StartKestrel();
+            Http = new HttpClient { BaseAddress = Address };
+            Http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", App.AdminToken);
+        }
+        else
+        {
+            Http = App.CreateClient();
+        }
         Http.Timeout = TimeSpan.FromSeconds(60);
     }
+
+    /// <summary>Where Kestrel listens (with <c>kestrel: true</c>).</summary>
+    public Uri? Address { get; }
 
     public VirtdApplication App { get; }
     public HttpClient Http { get; }
@@ -173,18 +186,25 @@ public static class TestGuest
     }, extra);
 
     /// <summary>Waits until the guest printed its ready line <paramref name="times"/> times on its serial console.</summary>
-    public static Task WaitReadyAsync(QemuApp app, string name, int times = 1) =>
-        QemuHost.WaitUntilAsync(() => CountReady(Path.Combine(app.LogDirectory, $"{name}.console.log")) >= times,
-            $"{name} to print '{ReadyLine}' {times} time(s)", TimeSpan.FromSeconds(60));
+    public static Task WaitReadyAsync(QemuApp app, string name, int times = 1) => WaitForLineAsync(app, name, ReadyLine, times);
 
-    private static int CountReady(string console)
+    /// <summary>Waits until a line of the guest's serial console contains <paramref name="text"/> (<paramref name="times"/> lines); returns the console.</summary>
+    public static async Task<string> WaitForLineAsync(QemuApp app, string name, string text, int times = 1)
+    {
+        var console = Path.Combine(app.LogDirectory, $"{name}.console.log");
+        await QemuHost.WaitUntilAsync(() => Console(console).Split('\n').Count(l => l.Contains(text, StringComparison.Ordinal)) >= times,
+            $"{name} to print '{text}' {times} time(s)", TimeSpan.FromSeconds(60));
+        return Console(console);
+    }
+
+    private static string Console(string path)
     {
         try
         {
-            using var fs = new FileStream(console, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            return new StreamReader(fs).ReadToEnd().Split('\n').Count(l => l.Contains(ReadyLine, StringComparison.Ordinal));
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return new StreamReader(fs).ReadToEnd();
         }
-        catch (IOException) { return 0; }
+        catch (IOException) { return ""; }
     }
 
     private static (string, string) Build()
