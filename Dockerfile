@@ -1,6 +1,14 @@
 # virtd: build with the .NET SDK, run on the ASP.NET runtime with Debian's QEMU.
 #   docker build -t virtd .
-#   docker run --rm -p 8470:8470 -v virtd-state:/var/lib/virtd virtd
+#   docker run --rm -p 127.0.0.1:8470:8470 -v virtd-state:/var/lib/virtd -v /run/virtd:/run/virtd virtd
+# Never anonymous: TCP needs a bearer token. The first start writes an admin token's secret to the state volume:
+#   curl -H "Authorization: Bearer $(docker exec CONTAINER cat /var/lib/virtd/initial-admin-token)" localhost:8470/api/v1/domains
+# and the host's root reaches the daemon through the Unix sockets in the mounted run directory:
+#   curl --unix-socket /run/virtd/virtd.sock http://localhost/api/v1/domains      (admin; virtd-ro.sock: read-only)
+# Inside the container the daemon must listen on every interface for -p to reach it, so plain HTTP on a network
+# address is allowed here (Security:AllowPlainHttpOnNetwork): publish the port on 127.0.0.1 as above, or serve
+# HTTPS (mount a certificate and set --urls https://0.0.0.0:8470 --Kestrel:Certificates:Default:Path ... ;
+# README "TLS"). Clients that use another host name than localhost: add it with -e VIRTD_Security__Hostnames__0=NAME.
 # KVM (when the host has it): add --device /dev/kvm. Without it guests run under TCG. VMs are the
 # daemon's children in the container: they stop with it (use the host service for VMs that outlive it).
 
@@ -24,7 +32,8 @@ WORKDIR /app
 COPY --from=build /app ./
 ENV VIRTD_StateDirectory=/var/lib/virtd \
     VIRTD_RunDirectory=/run/virtd \
+    VIRTD_Security__AllowPlainHttpOnNetwork=true \
     DOTNET_CLI_TELEMETRY_OPTOUT=1
-VOLUME ["/var/lib/virtd"]
+VOLUME ["/var/lib/virtd", "/run/virtd"]
 EXPOSE 8470
 ENTRYPOINT ["dotnet", "/app/virtd.dll", "--urls", "http://0.0.0.0:8470"]

@@ -18,7 +18,16 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
     doc.Info.Title = "virtd";
     doc.Info.Version = "v1";
-    doc.Info.Description = "Manage QEMU virtual machines over REST. Actions are jobs: 202 + Location, or ?wait=N.";
+    doc.Info.Description =
+        "Manage QEMU virtual machines over REST. Actions are jobs: 202 + Location, or ?wait=N.\n\n" +
+        "Access: over TCP every /api/v1 request needs `Authorization: Bearer <token>` (scheme `bearer`) or the dashboard's " +
+        "session cookie (scheme `session`, from POST /api/v1/session); /healthz, /readyz and this document are anonymous. " +
+        "On the host, the Unix sockets <RunDirectory>/virtd.sock (admin) and virtd-ro.sock (reader) need no token. Roles: " +
+        "reader < operator < admin; each operation's role is the scope of its security requirement and its `x-virtd-role`. " +
+        "401 `unauthenticated` (WWW-Authenticate: Bearer), 403 `forbidden` (names the role needed) or `csrf-rejected` (a " +
+        "cookie-authenticated change not sent as application/json, or from another origin), 400 `host-not-allowed`, 429 " +
+        "`rate-limited` after too many failed authentications from one address. Every change is written to the audit log " +
+        "first; when it cannot be, 503 `audit-unavailable` and nothing changes.";
     return Task.CompletedTask;
 }).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>());
 
