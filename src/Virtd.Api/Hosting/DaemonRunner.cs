@@ -2,7 +2,7 @@ namespace Virtd.Api.Hosting;
 
 public static class DaemonRunner
 {
-    /// <summary>Runs the daemon; a configuration error prints one line naming the key and exits 2.</summary>
+    /// <summary>Runs the daemon; a configuration error prints one line naming the key and exits 2, a port in use one line and exits 1.</summary>
     public static async Task<int> RunAsync(WebApplication app)
     {
         try
@@ -17,6 +17,13 @@ public static class DaemonRunner
             // Thrown directly, or from inside the host's start (a listener that cannot be used).
             await Console.Error.WriteLineAsync($"virtd: {config.Message}").ConfigureAwait(false);
             return 2;
+        }
+        catch (IOException e) when (Find<Microsoft.AspNetCore.Connections.AddressInUseException>(e) is not null)
+        {
+            // Another process has the port (often the previous daemon, still stopping): one line, and a code a
+            // service manager may retry on.
+            await Console.Error.WriteLineAsync($"virtd: {e.Message} (another process listens there)").ConfigureAwait(false);
+            return 1;
         }
     }
 

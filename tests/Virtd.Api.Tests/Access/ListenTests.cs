@@ -54,6 +54,21 @@ public sealed class ListenTests
         Assert.Contains("secure", login.Headers.GetValues("Set-Cookie").Single(), StringComparison.OrdinalIgnoreCase);
     }
 
+    [Fact]
+    public async Task APortInUse_EndsWithOneLineAndExitCode1_NotACrash()
+    {
+        using var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port;
+
+        await using var daemon = DaemonProcess.Start(url: $"http://127.0.0.1:{port}");
+        var code = await daemon.WaitExitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(1, code);
+        Assert.Contains($"virtd: Failed to bind to address http://127.0.0.1:{port}: address already in use", daemon.Output);
+        Assert.DoesNotContain("Unhandled exception", daemon.Output);
+    }
+
     /// <summary>A self-signed certificate for localhost and 127.0.0.1, as PEM files.</summary>
     private static (string Cert, string Key) SelfSigned(string dir)
     {
