@@ -120,7 +120,7 @@ internal sealed class QemuVm : IVmInstance
         try
         {
             await CommandAsync("system_powerdown", null, cancellationToken).ConfigureAwait(false);
-            var timeout = TimeSpan.FromSeconds(ShutdownRequest.DefaultTimeout);
+            var timeout = TimeSpan.FromSeconds(ShutdownCommand.DefaultTimeout);
             try
             {
                 await Task.WhenAny(done.Task, _exit.Task).WaitAsync(timeout, _driver.Time, cancellationToken).ConfigureAwait(false);

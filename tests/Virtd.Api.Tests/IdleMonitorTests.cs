@@ -59,7 +59,7 @@ public sealed class IdleMonitorTests : IAsyncDisposable
         Assert.False(_idle.IdleLongEnough());
         Assert.Equal("domain vm is active", _idle.BusyReason());
 
-        Assert.Equal(JobState.Succeeded, (await _h.RunAsync("vm", DomainAction.Destroy)).State);
+        Assert.Equal(JobState.Succeeded, (await _h.RunAsync("vm", new DestroyCommand())).State);
         Assert.False(_idle.IdleLongEnough());
         _h.Time.Advance(IdleTimeout);
         Assert.True(_idle.IdleLongEnough());
@@ -74,7 +74,7 @@ public sealed class IdleMonitorTests : IAsyncDisposable
         status.SetReady();
         var idle = new IdleMonitor(h.Options, h.Registry, h.Scheduler, status, _lifetime, h.Time, NullLogger<IdleMonitor>.Instance);
         await h.DefineAsync("vm");
-        var job = h.Service.SubmitAction("vm", DomainAction.Start, null);
+        var job = h.Service.Submit("vm", new StartCommand());
 
         h.Time.Advance(IdleTimeout * 2);
         Assert.False(idle.IdleLongEnough());

@@ -34,7 +34,7 @@ public sealed record DomainListDto(int Count, IReadOnlyList<DomainDto> Items);
 /// <summary>A job as seen from a gate: the holder (since when) or a queued one (since it was queued).</summary>
 public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeOffset Since, double AgeSeconds)
 {
-    public static GateJobDto From(Job j, DateTimeOffset since, DateTimeOffset now) =>
+    public static GateJobDto From(GateTicket j, DateTimeOffset since, DateTimeOffset now) =>
         new(j.Id, j.Kind, j.State, since, Math.Round((now - since).TotalSeconds, 3));
 }
 

@@ -6,6 +6,7 @@ using Virtd.Api.Errors;
 using Virtd.Api.Jobs;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
+using Virtd.Core.Jobs;
 
 namespace Virtd.Api.Domains;
 
@@ -29,19 +30,20 @@ public static class DomainsApi
         g.MapGet("/{id}/gate", GetGate).WithName("GetDomainGate").WithSummary("Who holds the domain's job gate, since when, and what is queued")
             .Requires(Role.Reader).Problems(404);
 
-        Action(g, "start", DomainAction.Start, "Start the domain");
+        Action<StartCommand>(g, "start", "Start the domain");
         g.MapPost("/{id}/shutdown", ShutdownAsync).WithName("ShutdownDomain").ActionMetadata("ACPI power button; waits up to timeout, then fails or (force) destroys");
-        Action(g, "reboot", DomainAction.Reboot, "ACPI reboot, honouring onReboot");
-        Action(g, "reset", DomainAction.Reset, "Hard reset");
-        Action(g, "suspend", DomainAction.Suspend, "Pause the domain's CPUs");
-        Action(g, "resume", DomainAction.Resume, "Resume a paused domain");
+        Action<RebootCommand>(g, "reboot", "ACPI reboot, honouring onReboot");
+        Action<ResetCommand>(g, "reset", "Hard reset");
+        Action<SuspendCommand>(g, "suspend", "Pause the domain's CPUs");
+        Action<ResumeCommand>(g, "resume", "Resume a paused domain");
         g.MapPost("/{id}/destroy", DestroyAsync).WithName("DestroyDomain").ActionMetadata("SIGTERM, wait timeout, SIGKILL unless graceful; a priority job");
         return app;
     }
 
-    private static void Action(RouteGroupBuilder g, string name, DomainAction action, string summary) =>
+    /// <summary>An action without a body: the route names its command.</summary>
+    private static void Action<TCommand>(RouteGroupBuilder g, string name, string summary) where TCommand : JobCommand, new() =>
         g.MapPost("/{id}/" + name, (string id, int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct) =>
-                SubmitAsync(id, action, null, wait, http, svc, life, ct))
+                SubmitAsync(id, new TCommand(), wait, http, svc, life, ct))
             .WithName(char.ToUpperInvariant(name[0]) + name[1..] + "Domain").ActionMetadata(summary);
 
     private static RouteHandlerBuilder ActionMetadata(this RouteHandlerBuilder b, string summary) =>
@@ -114,30 +116,25 @@ public static class DomainsApi
             g.Queued.Select(j => GateJobDto.From(j, j.CreatedAt, now)).ToList()));
     }
 
-    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> ShutdownAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] ShutdownRequest? body,
-        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
-    {
-        CheckTimeout("timeout", body?.Timeout);
-        return SubmitAsync(id, DomainAction.Shutdown, body, wait, http, svc, life, ct);
-    }
+    /// <summary>The body binds to the command itself: <c>{"timeout": 60, "force": false}</c>, or none for the defaults.</summary>
+    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> ShutdownAsync(string id,
+        [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] ShutdownCommand? body,
+        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct) =>
+        SubmitAsync(id, body ?? new ShutdownCommand(), wait, http, svc, life, ct);
 
-    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> DestroyAsync(string id, [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] DestroyRequest? body,
-        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
-    {
-        CheckTimeout("timeout", body?.Timeout);
-        return SubmitAsync(id, DomainAction.Destroy, body, wait, http, svc, life, ct);
-    }
+    /// <summary>The body binds to the command itself: <c>{"graceful": false, "timeout": 10}</c>, or none for the defaults.</summary>
+    public static Task<Results<Ok<JobDto>, Accepted<JobDto>>> DestroyAsync(string id,
+        [FromBody(EmptyBodyBehavior = Microsoft.AspNetCore.Mvc.ModelBinding.EmptyBodyBehavior.Allow)] DestroyCommand? body,
+        int? wait, HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct) =>
+        SubmitAsync(id, body ?? new DestroyCommand(), wait, http, svc, life, ct);
 
-    private static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> SubmitAsync(string id, DomainAction action, object? body, int? wait,
+    /// <summary>Every action: check the request's own values, then look up, check the state, queue, answer (or wait).</summary>
+    private static async Task<Results<Ok<JobDto>, Accepted<JobDto>>> SubmitAsync(string id, JobCommand command, int? wait,
         HttpContext http, DomainService svc, DaemonStatus life, CancellationToken ct)
     {
         JobsApi.CheckWait(wait);
-        var job = svc.SubmitAction(id, action, body, Audit.Of(http).Before);
+        command.Validate();
+        var job = svc.Submit(id, command, Audit.Of(http).Before);
         return await JobsApi.RespondAsync(job, wait, http, life, ct).ConfigureAwait(false);
-    }
-
-    private static void CheckTimeout(string field, int? seconds)
-    {
-        if (seconds is < 0 or > 3600) throw VirtdException.Validation(field, "must be between 0 and 3600 seconds");
     }
 }

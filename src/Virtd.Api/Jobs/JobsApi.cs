@@ -54,8 +54,7 @@ public static class JobsApi
         Guid? uuid = null;
         if (domain is not null) uuid = svc.Registry.Find(domain)?.Uuid ?? (Guid.TryParse(domain, out var u) ? u : null);
         var jobs = store.List(j =>
-            !j.Inline
-            && (domain is null || j.Domain.Name == domain || j.Domain.Uuid == uuid)
+            (domain is null || j.Domain.Name == domain || j.Domain.Uuid == uuid)
             && (stateFilter is null || j.State == stateFilter), limit ?? 100);
         return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList()));
     }
@@ -109,5 +108,5 @@ public static class JobsApi
     }
 
     private static Job Find(string jobId, JobStore store) =>
-        Guid.TryParse(jobId, out var id) && store.Find(id) is { Inline: false } job ? job : throw VirtdException.JobNotFound(jobId);
+        Guid.TryParse(jobId, out var id) && store.Find(id) is { } job ? job : throw VirtdException.JobNotFound(jobId);
 }

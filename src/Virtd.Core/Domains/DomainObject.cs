@@ -17,9 +17,6 @@ public sealed record DomainView(DomainDefinition Definition, string ETag, Domain
     public bool PendingChanges => Live is not null && !Live.SameAs(Definition);
 }
 
-/// <summary>Why a stop was asked for, so that the exit that follows gets the right reason.</summary>
-public enum StopIntent { None, Destroy, Shutdown, Restart }
-
 /// <summary>
 /// One domain: identity, current view, the job gate, and the running VM handle.
 /// Lock order: gate → this object's lock → registry lock (never the other way round).
@@ -51,22 +48,6 @@ public sealed class DomainObject
 
     /// <summary>The running VM, or null when none runs. Read <see cref="View"/> to get it with the state it goes with.</summary>
     public IVmInstance? Instance => _view.Instance;
-
-    /// <summary>Set by destroy and shutdown before they signal, read by the exit handler.</summary>
-    public StopIntent PendingStop
-    {
-        get => (StopIntent)Volatile.Read(ref _pendingStop);
-        set => Volatile.Write(ref _pendingStop, (int)value);
-    }
-
-    /// <summary>
-    /// Clears the stop intent only if it is still <paramref name="expected"/>: a job giving up must not
-    /// wipe the intent of another stop that came meanwhile (a destroy cancelling a shutdown).
-    /// </summary>
-    public void ClearPendingStop(StopIntent expected) =>
-        Interlocked.CompareExchange(ref _pendingStop, (int)StopIntent.None, (int)expected);
-
-    private int _pendingStop;
 
     /// <summary>True once define has committed; a reserved name is not visible to reads.</summary>
     public bool Visible { get => _visible; internal set => _visible = value; }

@@ -71,7 +71,7 @@ public sealed class DomainService
     {
         foreach (var d in _registry.List().Where(d => d.Definition.Autostart && !d.Runtime.IsActive))
         {
-            try { SubmitAction(d.Name, DomainAction.Start, null); }
+            try { Submit(d.Name, new StartCommand()); }
             catch (VirtdException e) { _log.LogWarning("autostart of {Domain} failed: {Detail}", d.Name, e.Detail); }
         }
     }
@@ -90,9 +90,9 @@ public sealed class DomainService
             var what = conflict!.Name == d.Name ? $"name '{d.Name}'" : $"UUID {d.Uuid} (domain '{conflict.Name}')";
             throw new VirtdException(ErrorCodes.DomainExists, 409, "Domain exists", $"a domain with {what} already exists");
         }
-        var job = await _scheduler.AcquireInlineAsync(JobKind.Define, d, ct).ConfigureAwait(false);
         try
         {
+            using var lease = await _scheduler.LeaseAsync(JobKind.Define, d, ct).ConfigureAwait(false);
             before?.Invoke(d, null);
             _store.Save(definition);
             d.Reveal(); // publishes domain.defined, then makes it visible
@@ -102,10 +102,6 @@ public sealed class DomainService
         {
             _registry.Remove(d);
             throw;
-        }
-        finally
-        {
-            _scheduler.ReleaseInline(job);
         }
     }
 
@@ -148,56 +144,28 @@ public sealed class DomainService
     private async Task<DomainObject> UnderGateAsync(string id, JobKind kind, string? ifMatch, Func<DomainObject, DomainObject> change, CancellationToken ct)
     {
         var d = Get(id);
-        var job = await _scheduler.AcquireInlineAsync(kind, d, ct).ConfigureAwait(false);
-        try
-        {
-            if (d.Removed) throw VirtdException.DomainNotFound(id);
-            CheckETag(d, ifMatch);
-            return change(d);
-        }
-        finally
-        {
-            _scheduler.ReleaseInline(job);
-        }
+        using var lease = await _scheduler.LeaseAsync(kind, d, ct).ConfigureAwait(false);
+        if (d.Removed) throw VirtdException.DomainNotFound(id);
+        CheckETag(d, ifMatch);
+        return change(d);
     }
 
     /// <summary>
-    /// Checks the action against the current state (404, 409 <c>invalid-state</c>, 409
+    /// Looks the domain up, checks the action against its current state (404, 409 <c>invalid-state</c>, 409
     /// <c>hypervisor-unavailable</c>), then queues it. Idempotent cases queue a job that ends <c>noop</c>.
     /// </summary>
-    public Job SubmitAction(string id, DomainAction action, object? body, BeforeChange? before = null)
+    public Job Submit(string id, JobCommand command, BeforeChange? before = null)
     {
         var d = Get(id);
-        var state = d.Runtime.State;
-        string? impossible = action switch
-        {
-            DomainAction.Start when state == DomainState.Paused => "it is paused; resume it instead",
-            DomainAction.Suspend or DomainAction.Reset when state is DomainState.ShutOff or DomainState.Crashed => "it is not running",
-            DomainAction.Resume when state is DomainState.ShutOff or DomainState.Crashed => "it is not running",
-            DomainAction.Reboot when state != DomainState.Running => $"it is {DomainLifecycle.Describe(state)}",
-            _ => null,
-        };
-        if (impossible is not null)
-            throw VirtdException.InvalidState($"cannot {action.ToString().ToLowerInvariant()} domain '{d.Name}': {impossible}");
-        if (action == DomainAction.Start && !d.Runtime.IsActive) _drivers.Require(d.Driver);
-
-        var kind = Enum.Parse<JobKind>(action.ToString());
-        object? args = action switch
-        {
-            DomainAction.Destroy => new DomainLifecycle.DestroyState((body as DestroyRequest) ?? new DestroyRequest()),
-            DomainAction.Shutdown => (body as ShutdownRequest) ?? new ShutdownRequest(),
-            _ => null,
-        };
-        // Destroy signals before it takes the gate (inside Submit, once the job it overtakes is marked superseded).
-        Action? signal = args is DomainLifecycle.DestroyState destroy ? () => _lifecycle.SignalEarly(d, destroy) : null;
-        return _scheduler.Submit(kind, d, args, _lifecycle.RunnerFor(kind), signal, before);
+        command.Check(d, _drivers);
+        return _scheduler.Submit(command, d, before);
     }
 
     private void RestartAfterExit(DomainObject d)
     {
         try
         {
-            _scheduler.Submit(JobKind.Start, d, null, _lifecycle.RunnerFor(JobKind.Start));
+            _scheduler.Submit(new StartCommand(), d);
         }
         catch (VirtdException e)
         {

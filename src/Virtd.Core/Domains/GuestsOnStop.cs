@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Virtd.Core.Configuration;
 using Virtd.Core.Errors;
+using Virtd.Core.Jobs;
 
 namespace Virtd.Core.Domains;
 
@@ -9,7 +10,8 @@ namespace Virtd.Core.Domains;
 /// power button, <c>Guests:ParallelShutdown</c> at a time, each bounded by <c>Guests:ShutdownTimeout</c> and then
 /// destroyed, all within <c>Guests:OverallTimeout</c>.
 /// </summary>
-public sealed class GuestsOnStop(DomainRegistry registry, DomainLifecycle lifecycle, GuestsOptions options, TimeProvider time, ILogger<GuestsOnStop> log)
+public sealed class GuestsOnStop(DomainRegistry registry, DomainLifecycle lifecycle, JobScheduler scheduler, GuestsOptions options, TimeProvider time,
+    ILogger<GuestsOnStop> log)
 {
     public GuestStopPolicy Policy => options.OnDaemonStop;
 
@@ -29,9 +31,16 @@ public sealed class GuestsOnStop(DomainRegistry registry, DomainLifecycle lifecy
 
     private async Task StopOneAsync(DomainObject d, TimeSpan acpi, DateTimeOffset deadline, CancellationToken ct)
     {
+        // The jobs have ended, so the gate is free: the daemon holds it while the guest goes down.
+        using var lease = scheduler.LeaseForDaemonStop(d);
+        if (lease is null)
+        {
+            log.LogError("domain {Domain}: a job still holds it; not stopped with the daemon", d.Name);
+            return;
+        }
         try
         {
-            var stage = await lifecycle.StopForDaemonAsync(d, acpi, deadline, ct).ConfigureAwait(false);
+            var stage = await lifecycle.StopForDaemonAsync(lease, acpi, deadline, ct).ConfigureAwait(false);
             if (stage is { } s) log.LogInformation("domain {Domain} stopped with the daemon ({Stage})", d.Name, s.ToString().ToLowerInvariant());
         }
         catch (VirtdException e)

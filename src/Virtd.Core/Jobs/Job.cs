@@ -1,4 +1,5 @@
 using Virtd.Core.Domains;
+using Virtd.Core.Drivers;
 using Virtd.Core.Errors;
 
 namespace Virtd.Core.Jobs;
@@ -29,8 +30,6 @@ public sealed record JobError(string Type, string Title, int Status, string Deta
         new($"https://virtd.dev/problems/{code}", title, status, detail, code);
 }
 
-public delegate Task<JobResult> JobRunner(Job job, CancellationToken cancellationToken);
-
 /// <summary>
 /// Everything about a job that changes, in one immutable record swapped whole, so a reader never
 /// sees "succeeded" without its result or finish time.
@@ -41,42 +40,30 @@ public sealed record JobStatus(JobState State, DateTimeOffset? StartedAt, DateTi
 }
 
 /// <summary>
-/// One state-changing operation on one domain. Its status only moves forward
-/// (queued → running → one final state, or queued → final) through compare-and-swap.
+/// One state-changing action on one domain: its typed command, run by a worker once the job holds the domain's
+/// gate. Its status only moves forward (queued → running → one final state, or queued → final) through
+/// compare-and-swap.
 /// </summary>
-public sealed class Job
+public sealed class Job : GateTicket
 {
     private JobStatus _status = new(JobState.Queued, null, null, null, null);
     private readonly CancellationTokenSource _cts;
 
-    internal Job(JobKind kind, DomainObject domain, object? args, JobRunner? runner, bool inline, DateTimeOffset now, CancellationToken daemonStopping)
+    internal Job(JobCommand command, DomainObject domain, DateTimeOffset now, CancellationToken daemonStopping) : base(command.Kind, domain, now)
     {
-        Id = Guid.NewGuid();
-        Kind = kind;
-        Domain = domain;
-        Args = args;
-        Runner = runner;
-        Inline = inline;
-        CreatedAt = now;
+        Command = command;
         _cts = CancellationTokenSource.CreateLinkedTokenSource(daemonStopping);
     }
 
-    public Guid Id { get; }
-    public JobKind Kind { get; }
-    public DomainObject Domain { get; }
-    /// <summary>Action parameters (shutdown and destroy bodies).</summary>
-    public object? Args { get; }
-    internal JobRunner? Runner { get; }
-    /// <summary>Held by an API request itself (define, update, undefine), not run by a worker.</summary>
-    public bool Inline { get; }
-    public bool Priority => Kind == JobKind.Destroy;
+    /// <summary>What the job does, as the request gave it.</summary>
+    public JobCommand Command { get; }
+    public bool Priority => Command.Priority;
     /// <summary>Whether a running job of this kind may be cancelled.</summary>
-    public bool Cancellable => Kind is JobKind.Start or JobKind.Shutdown or JobKind.Reboot;
-    public DateTimeOffset CreatedAt { get; }
+    public bool Cancellable => Command.Cancellable;
 
     /// <summary>State, times, result and error, read together.</summary>
     public JobStatus Status => Volatile.Read(ref _status);
-    public JobState State => Status.State;
+    public override JobState State => Status.State;
     public bool IsFinished => Status.IsFinished;
     public DateTimeOffset? StartedAt => Status.StartedAt;
     public DateTimeOffset? FinishedAt => Status.FinishedAt;
@@ -88,13 +75,16 @@ public sealed class Job
     /// <summary>The destroy job that cancelled this running job.</summary>
     public Guid? SupersededBy { get; private set; }
 
+    /// <summary>The VM this job sent SIGTERM to, and when (a destroy signals as it is queued).</summary>
+    internal IVmInstance? Signalled { get; set; }
+    internal DateTimeOffset SignalledAt { get; set; }
+
     public CancellationToken Token => _cts.Token;
 
     private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
     /// <summary>Completes when the job reaches a final state.</summary>
     public Task Finished => _finished.Task;
 
-    internal readonly TaskCompletionSource Granted = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal ITimer? WaitTimer;
 
     /// <summary>Queued → running, once.</summary>
@@ -133,6 +123,4 @@ public sealed class Job
         try { _cts.Cancel(); }
         catch (ObjectDisposedException) { /* finished meanwhile */ }
     }
-
-    public override string ToString() => $"{Kind} {Id} on {Domain.Name}";
 }

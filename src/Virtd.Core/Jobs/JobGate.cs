@@ -3,18 +3,18 @@ using Virtd.Core.Domains;
 namespace Virtd.Core.Jobs;
 
 /// <summary>Who holds a gate and what waits behind it, for <c>GET /domains/{id}/gate</c> and error details.</summary>
-public sealed record GateSnapshot(Job? Holder, DateTimeOffset? HeldSince, IReadOnlyList<Job> Queued);
+public sealed record GateSnapshot(GateTicket? Holder, DateTimeOffset? HeldSince, IReadOnlyList<GateTicket> Queued);
 
 /// <summary>
-/// At most one state-changing job per domain (libvirt's state change lock), with a FIFO queue.
+/// At most one state-changing job or lease per domain (libvirt's state change lock), with a FIFO queue.
 /// Pure bookkeeping under a small lock: nothing here waits. The scheduler dispatches a job only when
 /// it becomes the holder, so queued jobs occupy no worker.
 /// </summary>
 public sealed class JobGate(DomainObject domain)
 {
     private readonly object _lock = new();
-    private readonly LinkedList<Job> _queue = new();
-    private Job? _holder;
+    private readonly LinkedList<GateTicket> _queue = new();
+    private GateTicket? _holder;
     private DateTimeOffset _heldSince;
 
     public DomainObject Domain { get; } = domain;
@@ -22,32 +22,44 @@ public sealed class JobGate(DomainObject domain)
     internal enum Admission { Holder, Queued, Full }
 
     /// <summary>
-    /// Makes <paramref name="job"/> the holder or queues it. <paramref name="admitted"/> runs under this
-    /// gate's lock once the job is in, so it happens before any release can hand the job on.
+    /// Makes <paramref name="ticket"/> the holder or queues it. <paramref name="admitted"/> runs under this
+    /// gate's lock once the ticket is in, so it happens before any release can hand it on.
     /// </summary>
-    internal Admission Enqueue(Job job, int limit, DateTimeOffset now, Action<Job>? admitted = null)
+    internal Admission Enqueue(GateTicket ticket, int limit, DateTimeOffset now, Action<GateTicket>? admitted = null)
     {
         lock (_lock)
         {
             if (_holder is null && _queue.Count == 0)
             {
-                _holder = job;
+                _holder = ticket;
                 _heldSince = now;
-                admitted?.Invoke(job);
+                admitted?.Invoke(ticket);
                 return Admission.Holder;
             }
             if (_queue.Count >= limit) return Admission.Full;
-            _queue.AddLast(job);
-            admitted?.Invoke(job);
+            _queue.AddLast(ticket);
+            admitted?.Invoke(ticket);
             return Admission.Queued;
         }
     }
 
+    /// <summary>Takes the gate only if it is free and nobody waits; false otherwise.</summary>
+    internal bool TryTakeNow(GateTicket ticket, DateTimeOffset now)
+    {
+        lock (_lock)
+        {
+            if (_holder is not null || _queue.Count > 0) return false;
+            _holder = ticket;
+            _heldSince = now;
+            return true;
+        }
+    }
+
     /// <summary>
-    /// Puts a destroy at the head of the queue (or makes it the holder) and takes every queued action
-    /// job out: they are superseded. Queued API requests (update, undefine) stay, behind the destroy.
+    /// Puts a destroy at the head of the queue (or makes it the holder) and takes every queued job out: they
+    /// are superseded. Queued leases (a request's update or undefine) stay, behind the destroy.
     /// </summary>
-    internal (bool IsHolder, List<Job> Superseded, Job? Holder) EnqueueDestroy(Job destroy, DateTimeOffset now)
+    internal (bool IsHolder, List<Job> Superseded, GateTicket? Holder) EnqueueDestroy(Job destroy, DateTimeOffset now)
     {
         lock (_lock)
         {
@@ -55,9 +67,9 @@ public sealed class JobGate(DomainObject domain)
             for (var node = _queue.First; node is not null;)
             {
                 var next = node.Next;
-                if (!node.Value.Inline)
+                if (node.Value is Job job)
                 {
-                    superseded.Add(node.Value);
+                    superseded.Add(job);
                     _queue.Remove(node);
                 }
                 node = next;
@@ -73,12 +85,12 @@ public sealed class JobGate(DomainObject domain)
         }
     }
 
-    /// <summary>Releases the gate held by <paramref name="job"/>; returns the next holder, if any.</summary>
-    internal Job? Release(Job job, DateTimeOffset now)
+    /// <summary>Releases the gate held by <paramref name="ticket"/>; returns the next holder, if any.</summary>
+    internal GateTicket? Release(GateTicket ticket, DateTimeOffset now)
     {
         lock (_lock)
         {
-            if (!ReferenceEquals(_holder, job)) return null;
+            if (!ReferenceEquals(_holder, ticket)) return null;
             _holder = null;
             var next = _queue.First;
             if (next is null) return null;
@@ -89,15 +101,15 @@ public sealed class JobGate(DomainObject domain)
         }
     }
 
-    /// <summary>Takes a job out of the queue; false if it is not queued (it may hold the gate by now).</summary>
-    internal bool TryRemove(Job job)
+    /// <summary>Takes a ticket out of the queue; false if it is not queued (it may hold the gate by now).</summary>
+    internal bool TryRemove(GateTicket ticket)
     {
-        lock (_lock) return _queue.Remove(job);
+        lock (_lock) return _queue.Remove(ticket);
     }
 
-    public bool IsHeldBy(Job job)
+    public bool IsHeldBy(GateTicket ticket)
     {
-        lock (_lock) return ReferenceEquals(_holder, job);
+        lock (_lock) return ReferenceEquals(_holder, ticket);
     }
 
     public int QueueLength
@@ -105,8 +117,26 @@ public sealed class JobGate(DomainObject domain)
         get { lock (_lock) return _queue.Count; }
     }
 
+    /// <summary>
+    /// Why the domain's VM is going down, as its stopper says: a destroy waiting in the queue has already sent
+    /// SIGTERM and speaks first; otherwise the holder (a shutdown that pressed the power button, a reboot that
+    /// will not come back, the daemon stopping its guests). <see cref="StopIntent.None"/> when nobody stops it.
+    /// </summary>
+    public StopIntent StopIntent
+    {
+        get
+        {
+            lock (_lock)
+            {
+                foreach (var queued in _queue)
+                    if (queued.StopIntent == StopIntent.Destroy) return StopIntent.Destroy;
+                return _holder?.StopIntent ?? StopIntent.None;
+            }
+        }
+    }
+
     /// <summary>The holder and since when, without copying the queue (for every domain read).</summary>
-    public (Job? Holder, DateTimeOffset Since) Holder()
+    public (GateTicket? Holder, DateTimeOffset Since) Holder()
     {
         lock (_lock) return (_holder, _heldSince);
     }

@@ -17,35 +17,37 @@ public sealed class JobScheduler : IAsyncDisposable
     private readonly JobsOptions _options;
     private readonly EventBus _bus;
     private readonly JobStore _store;
+    private readonly DomainLifecycle _lifecycle;
     private readonly TimeProvider _time;
     private readonly ILogger<JobScheduler> _log;
     private readonly Channel<Job> _normal = Channel.CreateUnbounded<Job>(new UnboundedChannelOptions { SingleReader = false });
     private readonly Channel<Job> _priority = Channel.CreateUnbounded<Job>(new UnboundedChannelOptions { SingleReader = false });
     private readonly CancellationTokenSource _stopping = new();
+    private readonly JobCounts _counts = new();
     private Task[] _workers = [];
-    private int _queued;
-    private int _running;
     private volatile bool _accepting = true;
 
-    public JobScheduler(JobsOptions options, EventBus bus, JobStore store, TimeProvider time, ILogger<JobScheduler> log)
+    public JobScheduler(JobsOptions options, EventBus bus, JobStore store, DomainLifecycle lifecycle, TimeProvider time, ILogger<JobScheduler> log)
     {
         _options = options;
         _bus = bus;
         _store = store;
+        _lifecycle = lifecycle;
         _time = time;
         _log = log;
-        _admitted = job =>
+        _admitted = ticket =>
         {
+            var job = (Job)ticket;
             _store.Add(job);
             PublishJob(EventTypes.JobQueued, job);
         };
     }
 
-    private readonly Action<Job> _admitted;
+    private readonly Action<GateTicket> _admitted;
 
     public JobsOptions Options => _options;
-    public int QueuedCount => Volatile.Read(ref _queued);
-    public int RunningCount => Volatile.Read(ref _running);
+    public int QueuedCount => _counts.Queued;
+    public int RunningCount => _counts.Running;
     public bool Accepting => _accepting;
 
     /// <summary>Starts the workers. Each loop is owned here and awaited by <see cref="DrainAsync"/>.</summary>
@@ -59,30 +61,29 @@ public sealed class JobScheduler : IAsyncDisposable
     }
 
     /// <summary>
-    /// Queues an action job. Throws <c>queue-full</c> (429) past the global or per-domain limit and
-    /// <c>shutting-down</c> (503) once shutdown began. Destroy bypasses both limits and supersedes the
-    /// domain's queued jobs; its <paramref name="signal"/> runs once the queued jobs are superseded and
-    /// the running one is marked superseded, and before the destroy can reach a worker. So the running job
-    /// fails fast and is reported superseded, and the signal can only reach the VM this destroy was for.
+    /// Queues <paramref name="command"/> as a job on <paramref name="domain"/>. Throws <c>queue-full</c> (429) past the
+    /// global or per-domain limit and <c>shutting-down</c> (503) once shutdown began. Destroy bypasses both limits and
+    /// supersedes the domain's queued jobs; its <see cref="JobCommand.Admitted"/> (SIGTERM) runs once the queued jobs
+    /// are superseded and the running one is marked superseded, and before the destroy can reach a worker. So the
+    /// running job fails fast and is reported superseded, and the signal can only reach the VM this destroy was for.
     /// <paramref name="before"/> runs once the global limit allows the job and before it is queued; if it throws,
     /// nothing is queued.
     /// </summary>
-    public Job Submit(JobKind kind, DomainObject domain, object? args, JobRunner runner, Action? signal = null, BeforeChange? before = null)
+    public Job Submit(JobCommand command, DomainObject domain, BeforeChange? before = null)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
         var now = _time.GetUtcNow();
-        var job = new Job(kind, domain, args, runner, inline: false, now, _stopping.Token);
+        var job = new Job(command, domain, now, _stopping.Token);
 
-        var queued = Interlocked.Increment(ref _queued);
-        if (!job.Priority && queued > _options.QueueLimit)
+        if (!_counts.TryAdmit(job.Priority, _options.QueueLimit))
         {
-            Interlocked.Decrement(ref _queued);
+            job.Complete();
             throw VirtdException.QueueFull($"{_options.QueueLimit} jobs are already queued (Jobs:QueueLimit)", RetryAfter());
         }
         try { before?.Invoke(domain, job.Id); }
         catch
         {
-            Interlocked.Decrement(ref _queued);
+            _counts.Withdraw();
             job.Complete();
             throw;
         }
@@ -93,14 +94,14 @@ public sealed class JobScheduler : IAsyncDisposable
             PublishJob(EventTypes.JobQueued, job);
             var (isHolder, superseded, holder) = domain.Gate.EnqueueDestroy(job, now);
             foreach (var s in superseded) Finish(s, JobState.Queued, JobState.Superseded, null, SupersededError(s, job));
-            if (holder is { Inline: false, Priority: false })
+            if (holder is Job { Priority: false } running)
             {
-                if (holder.State == JobState.Queued && Finish(holder, JobState.Queued, JobState.Superseded, null, SupersededError(holder, job)))
-                    ReleaseGate(holder);
+                if (running.State == JobState.Queued && Finish(running, JobState.Queued, JobState.Superseded, null, SupersededError(running, job)))
+                    ReleaseGate(running);
                 else
-                    holder.CancelRunning($"superseded by destroy job {job.Id}", job.Id);
+                    running.CancelRunning($"superseded by destroy job {job.Id}", job.Id);
             }
-            signal?.Invoke();
+            command.Admitted(job, _lifecycle);
             if (isHolder) Dispatch(job);
             else ArmWaitTimer(job);
             return job;
@@ -111,7 +112,8 @@ public sealed class JobScheduler : IAsyncDisposable
         var admission = domain.Gate.Enqueue(job, _options.PerDomainQueueLimit, now, _admitted);
         if (admission == JobGate.Admission.Full)
         {
-            Interlocked.Decrement(ref _queued);
+            _counts.Withdraw();
+            job.Complete();
             throw VirtdException.QueueFull(
                 $"domain '{domain.Name}' already has {_options.PerDomainQueueLimit} jobs queued (Jobs:PerDomainQueueLimit)", RetryAfter());
         }
@@ -121,43 +123,42 @@ public sealed class JobScheduler : IAsyncDisposable
     }
 
     /// <summary>
-    /// Takes <paramref name="domain"/>'s gate for an API request that does its work inline (define,
-    /// update, undefine). Waits in FIFO order up to <c>Jobs:WaitTimeout</c>, then fails <c>domain-busy</c>.
-    /// The caller must pass the returned job to <see cref="ReleaseInline"/>.
+    /// Takes <paramref name="domain"/>'s gate for a request that does its work itself (define, update, undefine).
+    /// Waits in FIFO order up to <c>Jobs:WaitTimeout</c>, then fails <c>domain-busy</c>. Disposing the lease releases it.
     /// </summary>
-    public async Task<Job> AcquireInlineAsync(JobKind kind, DomainObject domain, CancellationToken cancellationToken)
+    public async Task<GateLease> LeaseAsync(JobKind kind, DomainObject domain, CancellationToken cancellationToken)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
-        var job = new Job(kind, domain, null, null, inline: true, _time.GetUtcNow(), _stopping.Token);
-        var admission = domain.Gate.Enqueue(job, int.MaxValue, job.CreatedAt);
-        if (admission == JobGate.Admission.Holder) return Granted(job);
+        var lease = new GateLease(kind, domain, _time.GetUtcNow(), ReleaseGate);
+        if (domain.Gate.Enqueue(lease, int.MaxValue, lease.CreatedAt) == JobGate.Admission.Holder)
+        {
+            lease.Granted.TrySetResult();
+            return lease;
+        }
         try
         {
-            await job.Granted.Task.WaitAsync(_options.WaitTimeout, _time, cancellationToken).ConfigureAwait(false);
-            return Granted(job);
+            await lease.Granted.Task.WaitAsync(_options.WaitTimeout, _time, cancellationToken).ConfigureAwait(false);
+            return lease;
         }
         catch (Exception e) when (e is TimeoutException or OperationCanceledException)
         {
-            if (!domain.Gate.TryRemove(job))
-            {
-                // It was handed the gate while timing out: give it straight back.
-                ReleaseInline(job);
-            }
+            // Handed the gate while timing out: give it straight back.
+            if (!domain.Gate.TryRemove(lease)) lease.Dispose();
             if (e is OperationCanceledException) throw;
-            throw DomainBusy(domain, job);
+            throw DomainBusy(domain, lease);
         }
     }
 
-    private Job Granted(Job job)
+    /// <summary>
+    /// The daemon's own lease while it stops a guest (<c>Guests:OnDaemonStop=shutdown</c>), after the jobs have ended:
+    /// taken only if the gate is free, null otherwise. New jobs are refused by then.
+    /// </summary>
+    public GateLease? LeaseForDaemonStop(DomainObject domain)
     {
-        job.TryStart(_time.GetUtcNow());
-        return job;
-    }
-
-    public void ReleaseInline(Job job)
-    {
-        if (!Finish(job, JobState.Running, JobState.Succeeded, null, null)) Finish(job, JobState.Queued, JobState.Cancelled, null, null);
-        ReleaseGate(job);
+        var lease = new GateLease(JobKind.Shutdown, domain, _time.GetUtcNow(), ReleaseGate);
+        if (!domain.Gate.TryTakeNow(lease, lease.CreatedAt)) return null;
+        lease.Granted.TrySetResult();
+        return lease;
     }
 
     /// <summary>
@@ -226,13 +227,15 @@ public sealed class JobScheduler : IAsyncDisposable
     /// <summary>Jobs running right now, for shutdown logs.</summary>
     public IEnumerable<Job> RunningJobs() => _store.Unfinished().Where(j => j.State == JobState.Running);
 
-    private void Dispatch(Job job)
+    /// <summary>Hands the gate's new holder on: a lease's request goes on, a job goes to a worker.</summary>
+    private void Dispatch(GateTicket ticket)
     {
-        if (job.Inline)
+        if (ticket is GateLease lease)
         {
-            job.Granted.TrySetResult();
+            lease.Granted.TrySetResult();
             return;
         }
+        var job = (Job)ticket;
         var channel = job.Priority ? _priority : _normal;
         if (!channel.Writer.TryWrite(job))
         {
@@ -267,8 +270,7 @@ public sealed class JobScheduler : IAsyncDisposable
             ReleaseGate(job); // cancelled or superseded while waiting for a worker
             return;
         }
-        Interlocked.Decrement(ref _queued);
-        Interlocked.Increment(ref _running);
+        _counts.Started();
         job.WaitTimer?.Dispose();
         PublishJob(EventTypes.JobStarted, job);
 
@@ -278,7 +280,7 @@ public sealed class JobScheduler : IAsyncDisposable
         try
         {
             if (job.Domain.Removed) throw VirtdException.DomainNotFound(job.Domain.Name);
-            result = await job.Runner!(job, job.Token).ConfigureAwait(false);
+            result = await job.Command.RunAsync(job, _lifecycle, job.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (job.Token.IsCancellationRequested)
         {
@@ -299,10 +301,6 @@ public sealed class JobScheduler : IAsyncDisposable
             _log.LogError(e, "job {JobId} ({Kind}) on {Domain} failed unexpectedly", job.Id, job.Kind, job.Domain.Name);
             final = JobState.Failed;
             error = JobError.Of(ErrorCodes.Internal, "Internal error", 500, $"unexpected error: {e.Message}");
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _running);
         }
         if (job.SupersededBy is not null && final != JobState.Superseded)
         {
@@ -327,19 +325,16 @@ public sealed class JobScheduler : IAsyncDisposable
     private bool Finish(Job job, JobState from, JobState to, JobResult? result, JobError? error)
     {
         if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
-        if (from == JobState.Queued && !job.Inline) Interlocked.Decrement(ref _queued);
-        if (!job.Inline)
-        {
-            PublishJob(EventTypes.JobFinished, job);
-            _store.MarkFinished(job);
-        }
+        _counts.Finished(from);
+        PublishJob(EventTypes.JobFinished, job);
+        _store.MarkFinished(job);
         job.Complete();
         return true;
     }
 
-    private void ReleaseGate(Job job)
+    private void ReleaseGate(GateTicket ticket)
     {
-        var next = job.Domain.Gate.Release(job, _time.GetUtcNow());
+        var next = ticket.Domain.Gate.Release(ticket, _time.GetUtcNow());
         if (next is not null) Dispatch(next);
     }
 
@@ -350,7 +345,7 @@ public sealed class JobScheduler : IAsyncDisposable
             new JobEventData(job.Id, job.Kind, status.State, job.Domain.Name, job.Domain.Uuid, status.Error?.Code), job.Domain.Uuid);
     }
 
-    internal VirtdException DomainBusy(DomainObject domain, Job waiting)
+    internal VirtdException DomainBusy(DomainObject domain, GateTicket waiting)
     {
         var gate = domain.Gate.Snapshot();
         var holder = gate.Holder;
@@ -369,4 +364,40 @@ public sealed class JobScheduler : IAsyncDisposable
         JobError.Of(ErrorCodes.Superseded, "Superseded", 409, $"{job.Kind.ToString().ToLowerInvariant()} superseded by destroy job {destroy.Id}");
 
     private int RetryAfter() => Math.Max(1, (int)Math.Ceiling(_options.WaitTimeout.TotalSeconds / 10));
+
+    /// <summary>
+    /// The pool's figures, changed in one place: a job is queued from admission until a worker starts it (waiting in
+    /// its domain's queue, or holding the gate until a worker is free), then running until it ends.
+    /// </summary>
+    private sealed class JobCounts
+    {
+        private int _queued;
+        private int _running;
+
+        public int Queued => Volatile.Read(ref _queued);
+        public int Running => Volatile.Read(ref _running);
+
+        /// <summary>Counts a new job in; refused past <paramref name="limit"/> unless it is a priority job.</summary>
+        public bool TryAdmit(bool priority, int limit)
+        {
+            if (Interlocked.Increment(ref _queued) <= limit || priority) return true;
+            Interlocked.Decrement(ref _queued);
+            return false;
+        }
+
+        /// <summary>An admitted job that was not queued after all.</summary>
+        public void Withdraw() => Interlocked.Decrement(ref _queued);
+
+        public void Started()
+        {
+            Interlocked.Decrement(ref _queued);
+            Interlocked.Increment(ref _running);
+        }
+
+        public void Finished(JobState from)
+        {
+            if (from == JobState.Queued) Interlocked.Decrement(ref _queued);
+            else if (from == JobState.Running) Interlocked.Decrement(ref _running);
+        }
+    }
 }

@@ -7,7 +7,7 @@ using Virtd.Core.Tests.Support;
 
 namespace Virtd.Core.Tests.Domains;
 
-/// <summary>Actions through DomainService.SubmitAction on the simulated driver, timeouts driven by the manual clock.</summary>
+/// <summary>Actions through DomainService.Submit on the simulated driver, timeouts driven by the manual clock.</summary>
 public sealed class DomainLifecycleTests
 {
     private static readonly SimulationConfig IgnoresAcpi = new() { IgnoresAcpi = true };
@@ -51,7 +51,7 @@ public sealed class DomainLifecycleTests
         var d = await h.DefineAsync("life");
         using var sub = h.Bus.Subscribe(new EventFilter(["life"], [EventTypes.DomainLifecycle]), null);
 
-        var start = await h.RunAsync("life", DomainAction.Start);
+        var start = await h.RunAsync("life", new StartCommand());
         AssertSucceeded(start);
         Assert.Equal(DomainState.Running, d.Runtime.State);
         Assert.Equal(StateReasons.Booted, d.Runtime.Reason);
@@ -59,13 +59,13 @@ public sealed class DomainLifecycleTests
         Assert.NotNull(d.Runtime.StartedAt);
         Assert.Equal(1, h.Driver.Info.RunningVms);
 
-        AssertSucceeded(await h.RunAsync("life", DomainAction.Suspend));
+        AssertSucceeded(await h.RunAsync("life", new SuspendCommand()));
         Assert.Equal(DomainState.Paused, d.Runtime.State);
 
-        AssertSucceeded(await h.RunAsync("life", DomainAction.Resume));
+        AssertSucceeded(await h.RunAsync("life", new ResumeCommand()));
         Assert.Equal(DomainState.Running, d.Runtime.State);
 
-        var destroy = await h.RunAsync("life", DomainAction.Destroy);
+        var destroy = await h.RunAsync("life", new DestroyCommand());
         AssertSucceeded(destroy);
         Assert.Equal(StopStage.Sigterm, destroy.Result!.StoppedBy);
         Assert.Equal(DomainState.ShutOff, d.Runtime.State);
@@ -84,7 +84,7 @@ public sealed class DomainLifecycleTests
         var d = await h.DefineRunningAsync("noop-start");
         var vm = d.Instance;
 
-        AssertNoop(await h.RunAsync("noop-start", DomainAction.Start));
+        AssertNoop(await h.RunAsync("noop-start", new StartCommand()));
 
         Assert.Same(vm, d.Instance);
         Assert.Equal(DomainState.Running, d.Runtime.State);
@@ -95,9 +95,9 @@ public sealed class DomainLifecycleTests
     {
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("noop-suspend");
-        AssertSucceeded(await h.RunAsync("noop-suspend", DomainAction.Suspend));
+        AssertSucceeded(await h.RunAsync("noop-suspend", new SuspendCommand()));
 
-        AssertNoop(await h.RunAsync("noop-suspend", DomainAction.Suspend));
+        AssertNoop(await h.RunAsync("noop-suspend", new SuspendCommand()));
 
         Assert.Equal(DomainState.Paused, d.Runtime.State);
     }
@@ -108,41 +108,41 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("noop-resume");
 
-        AssertNoop(await h.RunAsync("noop-resume", DomainAction.Resume));
+        AssertNoop(await h.RunAsync("noop-resume", new ResumeCommand()));
 
         Assert.Equal(DomainState.Running, d.Runtime.State);
     }
 
     [Theory]
-    [InlineData(DomainAction.Destroy)]
-    [InlineData(DomainAction.Shutdown)]
-    public async Task Stop_WhenShutOff_SucceedsAsNoop(DomainAction action)
+    [InlineData(JobKind.Destroy)]
+    [InlineData(JobKind.Shutdown)]
+    public async Task Stop_WhenShutOff_SucceedsAsNoop(JobKind action)
     {
         await using var h = new CoreHarness();
         var d = await h.DefineAsync("noop-stop");
 
-        AssertNoop(await h.RunAsync("noop-stop", action));
+        AssertNoop(await h.RunAsync("noop-stop", CoreHarness.Command(action)));
 
         Assert.Equal(DomainState.ShutOff, d.Runtime.State);
         Assert.Equal(StateReasons.Defined, d.Runtime.Reason);
     }
 
     [Theory]
-    [InlineData(DomainAction.Suspend, false)]
-    [InlineData(DomainAction.Resume, false)]
-    [InlineData(DomainAction.Reset, false)]
-    [InlineData(DomainAction.Reboot, false)]
-    [InlineData(DomainAction.Start, true)]
-    [InlineData(DomainAction.Reboot, true)]
-    public async Task Submit_WhenTransitionIsImpossible_FailsInvalidStateWithoutQueueingAJob(DomainAction action, bool paused)
+    [InlineData(JobKind.Suspend, false)]
+    [InlineData(JobKind.Resume, false)]
+    [InlineData(JobKind.Reset, false)]
+    [InlineData(JobKind.Reboot, false)]
+    [InlineData(JobKind.Start, true)]
+    [InlineData(JobKind.Reboot, true)]
+    public async Task Submit_WhenTransitionIsImpossible_FailsInvalidStateWithoutQueueingAJob(JobKind action, bool paused)
     {
         await using var h = new CoreHarness();
         var d = paused ? await h.DefineRunningAsync("nope") : await h.DefineAsync("nope");
-        if (paused) AssertSucceeded(await h.RunAsync("nope", DomainAction.Suspend));
+        if (paused) AssertSucceeded(await h.RunAsync("nope", new SuspendCommand()));
         var state = d.Runtime.State;
         var jobs = h.Jobs.Count;
 
-        var e = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("nope", action, null));
+        var e = Assert.Throws<VirtdException>(() => h.Service.Submit("nope", CoreHarness.Command(action)));
 
         Assert.Equal(ErrorCodes.InvalidState, e.Code);
         Assert.Equal(409, e.Status);
@@ -154,7 +154,7 @@ public sealed class DomainLifecycleTests
     public async Task Submit_WhenDomainIsUnknown_FailsDomainNotFound()
     {
         await using var h = new CoreHarness();
-        var e = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("ghost", DomainAction.Start, null));
+        var e = Assert.Throws<VirtdException>(() => h.Service.Submit("ghost", new StartCommand()));
         Assert.Equal(ErrorCodes.DomainNotFound, e.Code);
     }
 
@@ -164,7 +164,7 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("acpi");
 
-        var job = await h.RunAsync("acpi", DomainAction.Shutdown);
+        var job = await h.RunAsync("acpi", new ShutdownCommand());
 
         AssertSucceeded(job);
         Assert.Equal(StopStage.Acpi, job.Result!.StoppedBy);
@@ -178,7 +178,7 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("slow-acpi", new SimulationConfig { AcpiShutdownDelayMs = 3000 });
 
-        var job = h.Service.SubmitAction("slow-acpi", DomainAction.Shutdown, new ShutdownRequest { Timeout = 60 });
+        var job = h.Service.Submit("slow-acpi", new ShutdownCommand { Timeout = 60 });
         // The guest's own power-off timer and the job's 60 s deadline.
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(2), timers: 2);
         Assert.Equal(DomainState.ShuttingDown, d.Runtime.State);
@@ -197,7 +197,7 @@ public sealed class DomainLifecycleTests
         var d = await h.DefineRunningAsync("deaf", IgnoresAcpi);
         var vm = d.Instance!;
 
-        var job = h.Service.SubmitAction("deaf", DomainAction.Shutdown, new ShutdownRequest { Timeout = 5 });
+        var job = h.Service.Submit("deaf", new ShutdownCommand { Timeout = 5 });
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(4));
         Assert.Equal(JobState.Running, job.State);
         Assert.Equal(DomainState.ShuttingDown, d.Runtime.State);
@@ -216,7 +216,7 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("deaf-force", IgnoresAcpi);
 
-        var job = h.Service.SubmitAction("deaf-force", DomainAction.Shutdown, new ShutdownRequest { Timeout = 5, Force = true });
+        var job = h.Service.Submit("deaf-force", new ShutdownCommand { Timeout = 5, Force = true });
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(5));
         await CoreHarness.FinishedAsync(job);
 
@@ -232,9 +232,9 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("wedged", new SimulationConfig { IgnoresAcpi = true, IgnoresSigterm = true });
 
-        var job = h.Service.SubmitAction("wedged", DomainAction.Shutdown, new ShutdownRequest { Timeout = 5, Force = true });
+        var job = h.Service.Submit("wedged", new ShutdownCommand { Timeout = 5, Force = true });
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(5));
-        await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout));
+        await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(DestroyCommand.DefaultTimeout));
         await CoreHarness.FinishedAsync(job);
 
         AssertSucceeded(job);
@@ -248,8 +248,8 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("stubborn", IgnoresSigterm);
 
-        var job = h.Service.SubmitAction("stubborn", DomainAction.Destroy, null);
-        await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(DestroyRequest.DefaultTimeout - 1));
+        var job = h.Service.Submit("stubborn", new DestroyCommand());
+        await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(DestroyCommand.DefaultTimeout - 1));
         Assert.Equal(JobState.Running, job.State);
         Assert.Equal(DomainState.Running, d.Runtime.State);
         h.Time.Advance(TimeSpan.FromSeconds(1));
@@ -268,7 +268,7 @@ public sealed class DomainLifecycleTests
         var d = await h.DefineRunningAsync("precious", IgnoresSigterm);
         var vm = d.Instance!;
 
-        var job = h.Service.SubmitAction("precious", DomainAction.Destroy, new DestroyRequest { Graceful = true, Timeout = 3 });
+        var job = h.Service.Submit("precious", new DestroyCommand { Graceful = true, Timeout = 3 });
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(3));
         await CoreHarness.FinishedAsync(job);
 
@@ -277,10 +277,10 @@ public sealed class DomainLifecycleTests
         Assert.Equal(DomainState.Running, d.Runtime.State);
         Assert.Same(vm, d.Instance);
         Assert.False(vm.Exited.IsCompleted, "a graceful destroy killed the process");
-        Assert.Equal(StopIntent.None, d.PendingStop);
+        Assert.Equal(StopIntent.None, d.Gate.StopIntent);
 
         // The domain is left as it was: a plain destroy still works afterwards.
-        var again = h.Service.SubmitAction("precious", DomainAction.Destroy, new DestroyRequest { Timeout = 1 });
+        var again = h.Service.Submit("precious", new DestroyCommand { Timeout = 1 });
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(1));
         await CoreHarness.FinishedAsync(again);
         Assert.Equal(StopStage.Sigkill, again.Result!.StoppedBy);
@@ -292,7 +292,7 @@ public sealed class DomainLifecycleTests
         await using var h = new CoreHarness(simulated: o => o.MonitorTimeout = TimeSpan.FromSeconds(10));
         var d = await h.DefineRunningAsync("hung", new SimulationConfig { HangMonitor = true });
 
-        var job = h.Service.SubmitAction("hung", DomainAction.Suspend, null);
+        var job = h.Service.Submit("hung", new SuspendCommand());
         await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(9));
         Assert.Equal(JobState.Running, job.State);
         h.Time.Advance(TimeSpan.FromSeconds(1));
@@ -302,7 +302,7 @@ public sealed class DomainLifecycleTests
         Assert.Equal(504, job.Error!.Status);
         Assert.Equal(DomainState.Running, d.Runtime.State);
         // The gate was released: the next job runs, and destroy of the hung VM works.
-        var destroy = await h.RunAsync("hung", DomainAction.Destroy);
+        var destroy = await h.RunAsync("hung", new DestroyCommand());
         AssertSucceeded(destroy);
         Assert.Equal(DomainState.ShutOff, d.Runtime.State);
     }
@@ -340,7 +340,7 @@ public sealed class DomainLifecycleTests
         Assert.Null(d.Instance);
         Assert.Equal(startJobs, h.Jobs.List(j => j.Kind == JobKind.Start).Count);
         // A crashed domain can be started again by hand.
-        AssertSucceeded(await h.RunAsync("fallen", DomainAction.Start));
+        AssertSucceeded(await h.RunAsync("fallen", new StartCommand()));
     }
 
     [Fact]
@@ -350,7 +350,7 @@ public sealed class DomainLifecycleTests
         var d = await h.DefineRunningAsync("reboot");
         var vm = d.Instance;
 
-        AssertSucceeded(await h.RunAsync("reboot", DomainAction.Reboot));
+        AssertSucceeded(await h.RunAsync("reboot", new RebootCommand()));
 
         Assert.Equal(DomainState.Running, d.Runtime.State);
         Assert.Same(vm, d.Instance);

@@ -31,8 +31,8 @@ public sealed class DomainEventOrderTests
         using var sub = h.Bus.Subscribe(new EventFilter(["vm"], []), null);
 
         var d = await h.DefineAsync("vm");
-        foreach (var action in new[] { DomainAction.Start, DomainAction.Suspend, DomainAction.Resume, DomainAction.Destroy })
-            Assert.Equal(JobState.Succeeded, (await h.RunAsync("vm", action)).State);
+        foreach (var action in new[] { JobKind.Start, JobKind.Suspend, JobKind.Resume, JobKind.Destroy })
+            Assert.Equal(JobState.Succeeded, (await h.RunAsync("vm", CoreHarness.Command(action))).State);
         await h.Service.UndefineAsync("vm", null, CancellationToken.None);
 
         string[] expected =
@@ -69,7 +69,7 @@ public sealed class DomainEventOrderTests
                 while (true)
                 {
                     stop.Token.ThrowIfCancellationRequested();
-                    try { return h.Service.SubmitAction(name, DomainAction.Start, null); }
+                    try { return h.Service.Submit(name, new StartCommand()); }
                     catch (VirtdException e) when (e.Code == ErrorCodes.DomainNotFound) { }
                 }
             });
@@ -105,7 +105,7 @@ public sealed class DomainEventOrderTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("vm");
         var vm = d.Instance!;
-        Assert.Equal(JobState.Succeeded, (await h.RunAsync("vm", DomainAction.Destroy)).State);
+        Assert.Equal(JobState.Succeeded, (await h.RunAsync("vm", new DestroyCommand())).State);
         using var sub = h.Bus.Subscribe(new EventFilter(["vm"], []), null);
 
         Assert.False(d.Announce(vm, "rebooted"));

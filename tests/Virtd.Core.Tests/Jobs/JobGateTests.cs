@@ -9,7 +9,7 @@ namespace Virtd.Core.Tests.Jobs;
 /// <summary>One state-changing job per domain at a time, FIFO behind it, bounded waits, and destroy that never queues behind a hang.</summary>
 public sealed class JobGateTests
 {
-    private static JobRunner Recording(ConcurrentQueue<int> order, int i) => (job, _) =>
+    private static TestBody Recording(ConcurrentQueue<int> order, int i) => (job, _) =>
     {
         order.Enqueue(i);
         return Task.FromResult(new JobResult());
@@ -21,12 +21,12 @@ public sealed class JobGateTests
         await using var h = new CoreHarness(jobs: o => o.Workers = 4);
         var d = await h.DefineAsync("fifo");
         var holder = new BlockingRunner();
-        var first = h.Scheduler.Submit(JobKind.Start, d, null, holder.Runner);
+        var first = h.Submit(JobKind.Start, d, holder.Runner);
         await holder.WaitStartedAsync();
         var order = new ConcurrentQueue<int>();
         var running = 0;
         var overlapped = false;
-        var queued = Enumerable.Range(0, 12).Select(i => h.Scheduler.Submit(JobKind.Reset, d, null, async (job, ct) =>
+        var queued = Enumerable.Range(0, 12).Select(i => h.Submit(JobKind.Reset, d, async (job, ct) =>
         {
             if (Interlocked.Increment(ref running) > 1) overlapped = true;
             await Task.Yield();
@@ -54,10 +54,10 @@ public sealed class JobGateTests
         await using var h = new CoreHarness(jobs: o => o.WaitTimeout = TimeSpan.FromSeconds(30));
         var d = await h.DefineAsync("busy");
         var holder = new BlockingRunner();
-        var holding = h.Scheduler.Submit(JobKind.Start, d, null, holder.Runner);
+        var holding = h.Submit(JobKind.Start, d, holder.Runner);
         await holder.WaitStartedAsync();
         var ran = false;
-        var waiting = h.Scheduler.Submit(JobKind.Suspend, d, null, (_, _) => { ran = true; return Task.FromResult(new JobResult()); });
+        var waiting = h.Submit(JobKind.Suspend, d, (_, _) => { ran = true; return Task.FromResult(new JobResult()); });
 
         h.Time.Advance(TimeSpan.FromSeconds(29));
         Assert.Equal(JobState.Queued, waiting.State);
@@ -86,7 +86,7 @@ public sealed class JobGateTests
         await using var h = new CoreHarness(jobs: o => o.WaitTimeout = TimeSpan.FromSeconds(5));
         var d = await h.DefineAsync("busy-update");
         var holder = new BlockingRunner();
-        var holding = h.Scheduler.Submit(JobKind.Reboot, d, null, holder.Runner);
+        var holding = h.Submit(JobKind.Reboot, d, holder.Runner);
         await holder.WaitStartedAsync();
 
         var update = h.Service.UpdateAsync("busy-update", d.Definition with { MemoryMiB = 512 }, null, CancellationToken.None);
@@ -115,16 +115,16 @@ public sealed class JobGateTests
         var d = await h.DefineRunningAsync("stuck");
         var hung = new BlockingRunner();
         // Suspend is not cancellable by the user, but destroy supersedes it anyway.
-        var holding = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        var holding = h.Submit(JobKind.Suspend, d, hung.Runner);
         await hung.WaitStartedAsync();
         var queued = new[]
         {
-            h.Service.SubmitAction("stuck", DomainAction.Reset, null),
-            h.Service.SubmitAction("stuck", DomainAction.Shutdown, null),
-            h.Service.SubmitAction("stuck", DomainAction.Start, null),
+            h.Service.Submit("stuck", new ResetCommand()),
+            h.Service.Submit("stuck", new ShutdownCommand()),
+            h.Service.Submit("stuck", new StartCommand()),
         };
 
-        var destroy = h.Service.SubmitAction("stuck", DomainAction.Destroy, null);
+        var destroy = h.Service.Submit("stuck", new DestroyCommand());
 
         Assert.All(queued, j =>
         {
@@ -154,13 +154,12 @@ public sealed class JobGateTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("ordered");
         var hung = new BlockingRunner();
-        var holding = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        var holding = h.Submit(JobKind.Suspend, d, hung.Runner);
         await hung.WaitStartedAsync();
-        var queued = h.Service.SubmitAction("ordered", DomainAction.Reset, null);
+        var queued = h.Service.Submit("ordered", new ResetCommand());
         (Guid? HolderSupersededBy, JobState Queued)? atSignal = null;
 
-        var destroy = h.Scheduler.Submit(JobKind.Destroy, d, new DomainLifecycle.DestroyState(new DestroyRequest()),
-            h.Lifecycle.RunnerFor(JobKind.Destroy), signal: () => atSignal = (holding.SupersededBy, queued.State));
+        var destroy = h.Scheduler.Submit(new ObservedDestroy(() => atSignal = (holding.SupersededBy, queued.State)), d);
 
         Assert.NotNull(atSignal);
         Assert.Equal(destroy.Id, atSignal.Value.HolderSupersededBy);
@@ -184,12 +183,12 @@ public sealed class JobGateTests
             var d = await h.DefineRunningAsync(name, new SimulationConfig { IgnoresAcpi = true });
             for (var i = 0; i < 25; i++)
             {
-                if (i > 0) await h.RunAsync(name, DomainAction.Start);
-                var shutdown = h.Service.SubmitAction(name, DomainAction.Shutdown, new ShutdownRequest { Timeout = 600 });
+                if (i > 0) await h.RunAsync(name, new StartCommand());
+                var shutdown = h.Service.Submit(name, new ShutdownCommand { Timeout = 600 });
                 await CoreHarness.WaitUntilAsync(() => shutdown.State == JobState.Running && d.Runtime.State == DomainState.ShuttingDown, "the shutdown runs");
-                var suspend = h.Service.SubmitAction(name, DomainAction.Suspend, null);
+                var suspend = h.Service.Submit(name, new SuspendCommand());
 
-                var destroy = await h.RunAsync(name, DomainAction.Destroy);
+                var destroy = await h.RunAsync(name, new DestroyCommand());
 
                 await CoreHarness.FinishedAsync(shutdown);
                 await CoreHarness.FinishedAsync(suspend);
@@ -210,12 +209,12 @@ public sealed class JobGateTests
         await using var h = new CoreHarness();
         var d = await h.DefineRunningAsync("keep-update");
         var hung = new BlockingRunner();
-        var holding = h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+        var holding = h.Submit(JobKind.Reset, d, hung.Runner);
         await hung.WaitStartedAsync();
         var update = h.Service.UpdateAsync("keep-update", d.Definition with { Vcpus = 2 }, null, CancellationToken.None);
-        var suspend = h.Service.SubmitAction("keep-update", DomainAction.Suspend, null);
+        var suspend = h.Service.Submit("keep-update", new SuspendCommand());
 
-        var destroy = h.Service.SubmitAction("keep-update", DomainAction.Destroy, null);
+        var destroy = h.Service.Submit("keep-update", new DestroyCommand());
 
         Assert.Equal(JobState.Superseded, suspend.State);
         var updated = await update.WaitAsync(CoreHarness.Patience);
@@ -232,14 +231,14 @@ public sealed class JobGateTests
         await using var h = new CoreHarness(jobs: o => o.PerDomainQueueLimit = 2);
         var d = await h.DefineRunningAsync("full");
         var hung = new BlockingRunner();
-        h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+        h.Submit(JobKind.Reset, d, hung.Runner);
         await hung.WaitStartedAsync();
-        h.Service.SubmitAction("full", DomainAction.Reset, null);
-        h.Service.SubmitAction("full", DomainAction.Reset, null);
-        var full = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("full", DomainAction.Reset, null));
+        h.Service.Submit("full", new ResetCommand());
+        h.Service.Submit("full", new ResetCommand());
+        var full = Assert.Throws<VirtdException>(() => h.Service.Submit("full", new ResetCommand()));
         Assert.Equal(ErrorCodes.QueueFull, full.Code);
 
-        var destroy = h.Service.SubmitAction("full", DomainAction.Destroy, null);
+        var destroy = h.Service.Submit("full", new DestroyCommand());
 
         await CoreHarness.FinishedAsync(destroy);
         Assert.Equal(JobState.Succeeded, destroy.State);
@@ -253,14 +252,14 @@ public sealed class JobGateTests
         var busy = await h.DefineAsync("busy");
         var victim = await h.DefineRunningAsync("victim");
         var hung = new BlockingRunner();
-        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
+        h.Submit(JobKind.Reset, busy, hung.Runner);
         await hung.WaitStartedAsync();
-        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
-        h.Scheduler.Submit(JobKind.Reset, busy, null, hung.Runner);
-        var full = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("victim", DomainAction.Suspend, null));
+        h.Submit(JobKind.Reset, busy, hung.Runner);
+        h.Submit(JobKind.Reset, busy, hung.Runner);
+        var full = Assert.Throws<VirtdException>(() => h.Service.Submit("victim", new SuspendCommand()));
         Assert.Equal(ErrorCodes.QueueFull, full.Code);
 
-        var destroy = h.Service.SubmitAction("victim", DomainAction.Destroy, null);
+        var destroy = h.Service.Submit("victim", new DestroyCommand());
 
         await CoreHarness.FinishedAsync(destroy);
         Assert.Equal(JobState.Succeeded, destroy.State);
@@ -275,10 +274,10 @@ public sealed class JobGateTests
         Assert.Null(d.Gate.Snapshot().Holder);
         var hung = new BlockingRunner();
         var since = h.Time.GetUtcNow();
-        var holding = h.Scheduler.Submit(JobKind.Start, d, null, hung.Runner);
+        var holding = h.Submit(JobKind.Start, d, hung.Runner);
         await hung.WaitStartedAsync();
         h.Time.Advance(TimeSpan.FromSeconds(3));
-        var waiting = h.Scheduler.Submit(JobKind.Reset, d, null, hung.Runner);
+        var waiting = h.Submit(JobKind.Reset, d, hung.Runner);
 
         var gate = d.Gate.Snapshot();
 
@@ -288,4 +287,19 @@ public sealed class JobGateTests
         hung.Release();
         await CoreHarness.FinishedAsync(waiting);
     }
+}
+
+/// <summary>A real destroy that tells the test when its SIGTERM goes out.</summary>
+internal sealed record ObservedDestroy(Action AtSignal) : JobCommand(JobKind.Destroy)
+{
+    private static readonly DestroyCommand Destroy = new();
+
+    public override void Admitted(Job job, DomainLifecycle lifecycle)
+    {
+        AtSignal();
+        Destroy.Admitted(job, lifecycle);
+    }
+
+    public override Task<JobResult> RunAsync(Job job, DomainLifecycle lifecycle, CancellationToken cancellationToken) =>
+        Destroy.RunAsync(job, lifecycle, cancellationToken);
 }

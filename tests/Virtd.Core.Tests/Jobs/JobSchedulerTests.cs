@@ -16,7 +16,7 @@ public sealed class JobSchedulerTests
     private static async Task<Job> HangAsync(CoreHarness h, string name)
     {
         await h.DefineRunningAsync(name, HungMonitor);
-        var job = h.Service.SubmitAction(name, DomainAction.Suspend, null);
+        var job = h.Service.Submit(name, new SuspendCommand());
         await CoreHarness.WaitUntilAsync(() => job.State == JobState.Running, $"the suspend of {name} runs");
         return job;
     }
@@ -29,11 +29,11 @@ public sealed class JobSchedulerTests
             simulated: o => o.MonitorTimeout = TimeSpan.FromHours(1));
         var hung = await HangAsync(h, "hung");
         var queued = Enumerable.Range(0, 100)
-            .Select(i => h.Service.SubmitAction("hung", i % 2 == 0 ? DomainAction.Resume : DomainAction.Reset, null))
+            .Select(i => h.Service.Submit("hung", i % 2 == 0 ? new ResumeCommand() : new ResetCommand()))
             .ToList();
         await h.DefineAsync("other");
 
-        var start = h.Service.SubmitAction("other", DomainAction.Start, null);
+        var start = h.Service.Submit("other", new StartCommand());
         await CoreHarness.FinishedAsync(start, TimeSpan.FromSeconds(5));
 
         Assert.Equal(JobState.Succeeded, start.State);
@@ -42,7 +42,7 @@ public sealed class JobSchedulerTests
         Assert.All(queued, j => Assert.Equal(JobState.Queued, j.State));
         Assert.Equal(100, h.Service.Get("hung").Gate.QueueLength);
         // The other domain's jobs keep flowing while the hang lasts.
-        var suspend = await h.RunAsync("other", DomainAction.Suspend);
+        var suspend = await h.RunAsync("other", new SuspendCommand());
         Assert.Equal(JobState.Succeeded, suspend.State);
         Assert.Equal(JobState.Running, hung.State);
     }
@@ -57,9 +57,9 @@ public sealed class JobSchedulerTests
         var hungA = await HangAsync(h, "hung-a");
         var hungB = await HangAsync(h, "hung-b");
         await h.DefineAsync("waiting");
-        var starved = h.Service.SubmitAction("waiting", DomainAction.Start, null);
+        var starved = h.Service.Submit("waiting", new StartCommand());
 
-        var destroy = h.Service.SubmitAction("victim", DomainAction.Destroy, null);
+        var destroy = h.Service.Submit("victim", new DestroyCommand());
         await CoreHarness.FinishedAsync(destroy, TimeSpan.FromSeconds(5));
 
         Assert.Equal(JobState.Succeeded, destroy.State);
@@ -70,7 +70,7 @@ public sealed class JobSchedulerTests
         Assert.Equal(JobState.Running, hungB.State);
 
         // Destroy also works on a domain whose own job hangs a normal worker.
-        var destroyHung = h.Service.SubmitAction("hung-a", DomainAction.Destroy, null);
+        var destroyHung = h.Service.Submit("hung-a", new DestroyCommand());
         await CoreHarness.FinishedAsync(destroyHung);
         await CoreHarness.FinishedAsync(hungA);
         Assert.Equal(JobState.Succeeded, destroyHung.State);
@@ -87,11 +87,11 @@ public sealed class JobSchedulerTests
         var a = await h.DefineAsync("a");
         await h.DefineAsync("b");
         var hung = new BlockingRunner();
-        h.Scheduler.Submit(JobKind.Start, a, null, hung.Runner);
+        h.Submit(JobKind.Start, a, hung.Runner);
         await hung.WaitStartedAsync();
-        var queued = Enumerable.Range(0, 3).Select(_ => h.Scheduler.Submit(JobKind.Reset, a, null, Quick)).ToList();
+        var queued = Enumerable.Range(0, 3).Select(_ => h.Submit(JobKind.Reset, a, Quick)).ToList();
 
-        var e = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("b", DomainAction.Start, null));
+        var e = Assert.Throws<VirtdException>(() => h.Service.Submit("b", new StartCommand()));
 
         Assert.Equal(ErrorCodes.QueueFull, e.Code);
         Assert.Equal(429, e.Status);
@@ -101,7 +101,7 @@ public sealed class JobSchedulerTests
 
         // A rejected submit leaves no trace in the count: one slot freed, one job fits again.
         Assert.True(h.Scheduler.Cancel(queued[0], "test"));
-        var start = h.Service.SubmitAction("b", DomainAction.Start, null);
+        var start = h.Service.Submit("b", new StartCommand());
         await CoreHarness.FinishedAsync(start);
         Assert.Equal(JobState.Succeeded, start.State);
     }
@@ -113,12 +113,12 @@ public sealed class JobSchedulerTests
         var a = await h.DefineAsync("a");
         await h.DefineAsync("b");
         var hung = new BlockingRunner();
-        h.Scheduler.Submit(JobKind.Start, a, null, hung.Runner);
+        h.Submit(JobKind.Start, a, hung.Runner);
         await hung.WaitStartedAsync();
-        h.Scheduler.Submit(JobKind.Reset, a, null, Quick);
-        h.Scheduler.Submit(JobKind.Reset, a, null, Quick);
+        h.Submit(JobKind.Reset, a, Quick);
+        h.Submit(JobKind.Reset, a, Quick);
 
-        var e = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("a", DomainAction.Start, null));
+        var e = Assert.Throws<VirtdException>(() => h.Service.Submit("a", new StartCommand()));
 
         Assert.Equal(ErrorCodes.QueueFull, e.Code);
         Assert.Equal(429, e.Status);
@@ -126,7 +126,7 @@ public sealed class JobSchedulerTests
         Assert.True(e.RetryAfterSeconds > 0);
         Assert.Contains("Jobs:PerDomainQueueLimit", e.Detail, StringComparison.Ordinal);
         Assert.Equal(2, a.Gate.QueueLength);
-        var other = await h.RunAsync("b", DomainAction.Start);
+        var other = await h.RunAsync("b", new StartCommand());
         Assert.Equal(JobState.Succeeded, other.State);
     }
 
@@ -136,11 +136,11 @@ public sealed class JobSchedulerTests
         await using var h = new CoreHarness();
         var d = await h.DefineAsync("c");
         var hung = new BlockingRunner();
-        var holder = h.Scheduler.Submit(JobKind.Start, d, null, hung.Runner);
+        var holder = h.Submit(JobKind.Start, d, hung.Runner);
         await hung.WaitStartedAsync();
         var ran = false;
-        var victim = h.Scheduler.Submit(JobKind.Reset, d, null, (_, _) => { ran = true; return Task.FromResult(new JobResult()); });
-        var after = h.Scheduler.Submit(JobKind.Reset, d, null, Quick);
+        var victim = h.Submit(JobKind.Reset, d, (_, _) => { ran = true; return Task.FromResult(new JobResult()); });
+        var after = h.Submit(JobKind.Reset, d, Quick);
 
         Assert.True(h.Scheduler.Cancel(victim, "user asked"));
 
@@ -164,7 +164,7 @@ public sealed class JobSchedulerTests
         await using var h = new CoreHarness();
         var d = await h.DefineAsync("nc");
         var hung = new BlockingRunner();
-        var job = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        var job = h.Submit(JobKind.Suspend, d, hung.Runner);
         await hung.WaitStartedAsync();
 
         Assert.False(h.Scheduler.Cancel(job, "user asked"));
@@ -181,7 +181,7 @@ public sealed class JobSchedulerTests
     {
         await using var h = new CoreHarness();
         var d = await h.DefineAsync("slow-boot", new SimulationConfig { BootDelayMs = 60_000 });
-        var start = h.Service.SubmitAction("slow-boot", DomainAction.Start, null);
+        var start = h.Service.Submit("slow-boot", new StartCommand());
         await CoreHarness.WaitUntilAsync(() => h.Driver.Info.RunningVms == 1, "the VM is booting");
 
         Assert.True(h.Scheduler.Cancel(start, "user asked"));
@@ -200,9 +200,9 @@ public sealed class JobSchedulerTests
         await using var h = new CoreHarness();
         var d = await h.DefineAsync("s");
         var hung = new BlockingRunner();
-        var running = h.Scheduler.Submit(JobKind.Suspend, d, null, hung.Runner);
+        var running = h.Submit(JobKind.Suspend, d, hung.Runner);
         await hung.WaitStartedAsync();
-        var queued = Enumerable.Range(0, 3).Select(_ => h.Scheduler.Submit(JobKind.Reset, d, null, Quick)).ToList();
+        var queued = Enumerable.Range(0, 3).Select(_ => h.Submit(JobKind.Reset, d, Quick)).ToList();
 
         h.Scheduler.BeginShutdown();
 
@@ -215,7 +215,7 @@ public sealed class JobSchedulerTests
         Assert.True(hung.TokenCancelled);
         Assert.Equal(JobState.Cancelled, running.State);
         Assert.Contains("shutting down", running.Error!.Detail, StringComparison.Ordinal);
-        var e = Assert.Throws<VirtdException>(() => h.Service.SubmitAction("s", DomainAction.Start, null));
+        var e = Assert.Throws<VirtdException>(() => h.Service.Submit("s", new StartCommand()));
         Assert.Equal(ErrorCodes.ShuttingDown, e.Code);
         Assert.Equal(503, e.Status);
         Assert.NotNull(e.RetryAfterSeconds);
@@ -241,13 +241,13 @@ public sealed class JobSchedulerTests
         for (var round = 0; round < Rounds; round++)
         {
             var submitted = await Task.WhenAll(Enumerable.Range(0, Threads).Select(_ => Task.Run(() =>
-                Enumerable.Range(0, PerThread).Select(_ => h.Scheduler.Submit(JobKind.Reset, busy, null, Quick)).ToList())));
+                Enumerable.Range(0, PerThread).Select(_ => h.Submit(JobKind.Reset, busy, Quick)).ToList())));
             var batch = submitted.SelectMany(x => x).ToList();
             foreach (var j in batch) await CoreHarness.FinishedAsync(j);
             jobs.AddRange(batch);
         }
-        jobs.Add(await h.RunAsync("e1", DomainAction.Start));
-        jobs.Add(await h.RunAsync("e1", DomainAction.Destroy));
+        jobs.Add(await h.RunAsync("e1", new StartCommand()));
+        jobs.Add(await h.RunAsync("e1", new DestroyCommand()));
 
         var events = new Dictionary<Guid, List<(string Type, JobState State)>>();
         using var cts = new CancellationTokenSource(CoreHarness.Patience);

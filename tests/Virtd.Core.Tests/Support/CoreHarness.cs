@@ -48,13 +48,13 @@ public sealed class CoreHarness : IAsyncDisposable
         Bus = new EventBus(EventsOptions, Time);
         Registry = new DomainRegistry();
         Jobs = new JobStore(JobsOptions, Time);
-        Scheduler = new JobScheduler(JobsOptions, Bus, Jobs, Time, NullLogger<JobScheduler>.Instance);
         Paths = new StoragePaths([PoolDirectory]);
         Validator = new DomainDefinitionValidator(Paths, HostCpus);
         Store = new DomainStore(Options.DomainsDirectory, NullLogger<DomainStore>.Instance);
         Driver = new SimulatedDriver(SimulatedOptions, Time, NullLogger<SimulatedDriver>.Instance);
         Drivers = new DriverCatalog([Driver]);
         Lifecycle = new DomainLifecycle(Drivers, Time, NullLogger<DomainLifecycle>.Instance);
+        Scheduler = new JobScheduler(JobsOptions, Bus, Jobs, Lifecycle, Time, NullLogger<JobScheduler>.Instance);
         Service = new DomainService(Registry, Scheduler, Store, Validator, Drivers, Lifecycle, Bus, Options, Time,
             NullLogger<DomainService>.Instance);
         if (startWorkers) Scheduler.Start();
@@ -100,19 +100,35 @@ public sealed class CoreHarness : IAsyncDisposable
     public async Task<DomainObject> DefineRunningAsync(string name, SimulationConfig? simulation = null, Func<DomainDefinition, DomainDefinition>? edit = null)
     {
         var d = await DefineAsync(name, simulation, edit);
-        var start = await RunAsync(name, DomainAction.Start);
+        var start = await RunAsync(name, new StartCommand());
         Assert.True(start.State == JobState.Succeeded, $"start of {name} ended {start.State}: {start.Error?.Detail}");
         Assert.Equal(DomainState.Running, d.Runtime.State);
         return d;
     }
 
     /// <summary>Submits an action through the service and waits for its job to finish.</summary>
-    public async Task<Job> RunAsync(string domain, DomainAction action, object? body = null)
+    public async Task<Job> RunAsync(string domain, JobCommand command)
     {
-        var job = Service.SubmitAction(domain, action, body);
+        var job = Service.Submit(domain, command);
         await FinishedAsync(job);
         return job;
     }
+
+    /// <summary>Queues a job of <paramref name="kind"/> whose body the test writes (straight to the scheduler: no state check).</summary>
+    public Job Submit(JobKind kind, DomainObject domain, TestBody body) => Scheduler.Submit(new TestCommand(kind, body), domain);
+
+    /// <summary>The command of an action, by its kind.</summary>
+    public static JobCommand Command(JobKind kind) => kind switch
+    {
+        JobKind.Start => new StartCommand(),
+        JobKind.Shutdown => new ShutdownCommand(),
+        JobKind.Reboot => new RebootCommand(),
+        JobKind.Reset => new ResetCommand(),
+        JobKind.Suspend => new SuspendCommand(),
+        JobKind.Resume => new ResumeCommand(),
+        JobKind.Destroy => new DestroyCommand(),
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "not an action"),
+    };
 
     /// <summary>Waits (real time, bounded) for a job to reach a final state.</summary>
     public static async Task FinishedAsync(Job job, TimeSpan? within = null)
@@ -181,7 +197,7 @@ public sealed class BlockingRunner
 
     public void Release() => _release.TrySetResult();
 
-    public JobRunner Runner => async (job, ct) =>
+    public TestBody Runner => async (job, ct) =>
     {
         _started.TrySetResult();
         try
@@ -201,4 +217,13 @@ public sealed class BlockingRunner
         try { await Started.WaitAsync(CoreHarness.Patience); }
         catch (TimeoutException) { Assert.Fail("the blocking job never started"); }
     }
+}
+
+/// <summary>What a test job does when a worker runs it.</summary>
+public delegate Task<JobResult> TestBody(Job job, CancellationToken cancellationToken);
+
+/// <summary>A job of any kind whose body the test writes; as a destroy it is a priority job, like the real one.</summary>
+public sealed record TestCommand(JobKind TestKind, TestBody Body) : JobCommand(TestKind)
+{
+    public override Task<JobResult> RunAsync(Job job, DomainLifecycle lifecycle, CancellationToken cancellationToken) => Body(job, cancellationToken);
 }
