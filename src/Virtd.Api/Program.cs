@@ -44,6 +44,7 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
     o.EnablePersistAuthorization();
 }));
 app.UseAccessControl();
+app.UseIdempotencyBodies();
 app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
 app.MapHostApi();
 app.MapDomainsApi();

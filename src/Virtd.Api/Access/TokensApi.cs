@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Virtd.Api.Domains;
+using Virtd.Api.Jobs;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 
@@ -36,7 +37,7 @@ public static class TokensApi
             .Requires(Role.Admin);
         g.MapPost("", CreateToken).WithName("CreateToken")
             .WithSummary("Create an API token; the answer holds its secret, shown this once and stored nowhere (only its hash)")
-            .Requires(Role.Admin).Audited(201).Problems(400, 409, 413, 415, 503);
+            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503);
         g.MapGet("/{name}", GetToken).WithName("GetToken").WithSummary("One API token, without its secret")
             .Requires(Role.Admin).Problems(404);
         g.MapDelete("/{name}", RevokeToken).WithName("RevokeToken")

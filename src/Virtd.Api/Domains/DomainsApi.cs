@@ -19,7 +19,7 @@ public static class DomainsApi
         g.MapGet("", ListDomains).WithName("ListDomains").WithSummary("List domains, optionally by state and driver")
             .Requires(Role.Reader).ProducesValidationProblem();
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
-            .Requires(Role.Admin).Audited(201).Problems(400, 409, 413, 415, 503);
+            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503);
         g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
             .Requires(Role.Reader).Problems(404);
         g.MapPut("/{id}", UpdateDomainAsync).WithName("UpdateDomain")
@@ -48,7 +48,7 @@ public static class DomainsApi
 
     private static RouteHandlerBuilder ActionMetadata(this RouteHandlerBuilder b, string summary) =>
         b.WithSummary(summary + ". Answers 202 with the queued job; with ?wait=N (≤ 300 s) waits and answers 200 once it has finished.")
-            .Requires(Role.Operator).Audited(202).Problems(400, 404, 409, 429, 503);
+            .Requires(Role.Operator).Idempotent().Audited(202).Problems(400, 404, 409, 429, 503);
 
     internal static RouteHandlerBuilder Problems(this RouteHandlerBuilder b, params int[] statuses)
     {
@@ -134,7 +134,7 @@ public static class DomainsApi
     {
         JobsApi.CheckWait(wait);
         command.Validate();
-        var job = svc.Submit(id, command, Audit.Of(http).Before);
+        var job = await svc.SubmitAsync(id, command, Audit.Of(http).Before, Idempotency.Of(http)).ConfigureAwait(false);
         return await JobsApi.RespondAsync(job, wait, http, life, ct).ConfigureAwait(false);
     }
 }

@@ -44,6 +44,8 @@ public sealed class VirtdDaemon(
         });
         var (loaded, setAside) = Stage("definitions", domains.Load);
         log.LogInformation("loaded {Count} definitions ({SetAside} set aside as corrupt)", loaded, setAside.Count);
+        var journal = options.Jobs.Journal ? services.GetRequiredService<JobJournal>() : null;
+        var recovery = journal is null ? null : Stage("job journal", () => JobRecovery.Read(journal.Load()));
 
         var sw = Stopwatch.StartNew();
         var all = domains.Registry.List();
@@ -52,6 +54,7 @@ public sealed class VirtdDaemon(
         log.LogInformation("stage drivers: {Ms:0.0} ms ({Drivers})", sw.Elapsed.TotalMilliseconds,
             string.Join(", ", drivers.All.Select(d => $"{d.Kind.ToString().ToLowerInvariant()}: {(d.Info.Available ? "available" : d.Info.Detail)}")));
 
+        if (journal is not null && recovery is not null) Stage("jobs", () => RecoverJobs(journal, recovery));
         Stage("workers", () => { scheduler.Start(); return 0; });
         domains.Autostart();
 
@@ -63,6 +66,25 @@ public sealed class VirtdDaemon(
             log.LogInformation("virtd ready in {Ms:0.0} ms", (services.GetRequiredService<TimeProvider>().GetUtcNow() - status.StartedAt).TotalMilliseconds);
         });
         log.LogInformation("start-up stages done in {Ms:0.0} ms", total.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>
+    /// After the drivers have taken the running VMs back: every job the journal knows is in the store again (those the
+    /// restart ended as cancelled or interrupted, with the state each domain was found in), and the journal is
+    /// rewritten from that and opened for new records.
+    /// </summary>
+    private int RecoverJobs(JobJournal journal, JobRecovery recovery)
+    {
+        var store = services.GetRequiredService<JobStore>();
+        var keys = services.GetRequiredService<IdempotencyKeys>();
+        var (jobs, ended) = recovery.Resolve(services.GetRequiredService<DomainRegistry>(), services.GetRequiredService<EventBus>(),
+            services.GetRequiredService<TimeProvider>().GetUtcNow());
+        store.Restore(jobs);
+        keys.Restore(recovery.KeyRecords);
+        journal.Start(() => [.. store.JournalRecords(), .. keys.Records()]);
+        log.LogInformation("job journal: {Jobs} jobs ({Interrupted} interrupted and {Cancelled} cancelled by the restart), {Keys} idempotency keys",
+            jobs.Count, ended.Count(r => r.State == JobState.Interrupted), ended.Count(r => r.State == JobState.Cancelled), keys.Count);
+        return jobs.Count;
     }
 
     /// <summary>
@@ -181,6 +203,12 @@ public sealed class VirtdDaemon(
                     log.LogError("shutdown timeout: {Driver} driver: {Work}", driver.Kind.ToString().ToLowerInvariant(), work);
             }
             Environment.ExitCode = 3;
+        }
+        if (options.Jobs.Journal)
+        {
+            // The jobs' last records (those cancelled by the stop included) go to disk before the daemon exits.
+            try { await services.GetRequiredService<JobJournal>().StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false); }
+            catch (TimeoutException) { log.LogError("shutdown: the job journal did not flush within 2 s"); }
         }
         foreach (var driver in drivers.All.Reverse())
         {

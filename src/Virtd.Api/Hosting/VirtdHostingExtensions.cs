@@ -37,7 +37,11 @@ public static class VirtdHostingExtensions
         s.AddSingleton<EventBus>();
         s.AddSingleton<DomainRegistry>();
         s.AddSingleton<JobStore>();
-        s.AddSingleton<JobScheduler>();
+        s.AddSingleton<IdempotencyKeys>();
+        s.AddSingleton(sp => new JobJournal(Path.Combine(sp.GetRequiredService<VirtdOptions>().StateDirectory, "jobs"), sp.GetRequiredService<ILogger<JobJournal>>()));
+        s.AddSingleton(sp => new JobScheduler(sp.GetRequiredService<JobsOptions>(), sp.GetRequiredService<EventBus>(), sp.GetRequiredService<JobStore>(),
+            sp.GetRequiredService<DomainLifecycle>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<JobScheduler>>(),
+            sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
         s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));

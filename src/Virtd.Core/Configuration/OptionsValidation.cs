@@ -39,6 +39,8 @@ public static class OptionsValidation
         Check(j.WaitTimeout > TimeSpan.Zero && j.WaitTimeout <= TimeSpan.FromHours(1), "Jobs:WaitTimeout", "must be between 00:00:00.001 and 01:00:00");
         Check(j.Retention > TimeSpan.Zero && j.Retention <= TimeSpan.FromDays(7), "Jobs:Retention", "must be between 00:00:00.001 and 7.00:00:00");
         Check(j.RetentionCount is >= 1 and <= 10_000_000, "Jobs:RetentionCount", "must be between 1 and 10000000");
+        Check(j.IdempotencyWindow >= TimeSpan.FromSeconds(1) && j.IdempotencyWindow <= TimeSpan.FromDays(30), "Jobs:IdempotencyWindow", "must be between 00:00:01 and 30.00:00:00");
+        Check(j.IdempotencyKeys is >= 1 and <= 10_000_000, "Jobs:IdempotencyKeys", "must be between 1 and 10000000");
         Check(sim.MonitorTimeout > TimeSpan.Zero && sim.MonitorTimeout <= TimeSpan.FromHours(1), "Simulated:MonitorTimeout", "must be between 00:00:00.001 and 01:00:00");
         Check(ev.ReplayBuffer is >= 1 and <= 10_000_000, "Events:ReplayBuffer", "must be between 1 and 10000000");
         Check(ev.SubscriberQueue is >= 1 and <= 10_000_000, "Events:SubscriberQueue", "must be between 1 and 10000000");

@@ -46,6 +46,12 @@ public sealed class JobsOptions
     public TimeSpan Retention { get; set; } = TimeSpan.FromMinutes(15);
     /// <summary>At most this many finished jobs are kept.</summary>
     public int RetentionCount { get; set; } = 10_000;
+    /// <summary>Keep the job journal (<c>&lt;StateDirectory&gt;/jobs/journal</c>): jobs survive a restart, and a 202 is sent only once its job is on disk.</summary>
+    public bool Journal { get; set; } = true;
+    /// <summary>How long an Idempotency-Key stands for its first request.</summary>
+    public TimeSpan IdempotencyWindow { get; set; } = TimeSpan.FromHours(24);
+    /// <summary>At most this many Idempotency-Keys are kept (oldest first out).</summary>
+    public int IdempotencyKeys { get; set; } = 100_000;
 }
 
 /// <summary>What happens to running VMs when the daemon stops (libvirt-guests' ON_SHUTDOWN and friends).</summary>

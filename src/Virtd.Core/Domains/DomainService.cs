@@ -154,11 +154,20 @@ public sealed class DomainService
     /// Looks the domain up, checks the action against its current state (404, 409 <c>invalid-state</c>, 409
     /// <c>hypervisor-unavailable</c>), then queues it. Idempotent cases queue a job that ends <c>noop</c>.
     /// </summary>
-    public Job Submit(string id, JobCommand command, BeforeChange? before = null)
+    /// <remarks>The job is queued only once it is on disk (the job journal), so the client's 202 names a job a restart will find.</remarks>
+    public Task<Job> SubmitAsync(string id, JobCommand command, BeforeChange? before = null, IdempotencyKeys.Entry? key = null)
     {
         var d = Get(id);
         command.Check(d, _drivers);
-        return _scheduler.Submit(command, d, before);
+        return _scheduler.SubmitAsync(command, d, before, key);
+    }
+
+    /// <summary>The same checks, then queued at once without waiting for the journal: for the daemon's own jobs (autostart) and tests.</summary>
+    public Job Submit(string id, JobCommand command)
+    {
+        var d = Get(id);
+        command.Check(d, _drivers);
+        return _scheduler.Submit(command, d);
     }
 
     private void RestartAfterExit(DomainObject d)

@@ -36,6 +36,11 @@ public static class ErrorCodes
     public const string TokenExists = "token-exists";
     public const string TokenNotFound = "token-not-found";
     public const string AuditUnavailable = "audit-unavailable";
+    public const string Interrupted = "interrupted";
+    public const string DaemonRestart = "daemon-restart";
+    public const string JournalUnavailable = "journal-unavailable";
+    public const string IdempotencyKeyReused = "idempotency-key-reused";
+    public const string IdempotencyKeyInFlight = "idempotency-key-in-flight";
 }
 
 /// <summary>

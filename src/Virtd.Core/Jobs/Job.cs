@@ -6,7 +6,11 @@ namespace Virtd.Core.Jobs;
 
 public enum JobKind { Start, Shutdown, Reboot, Reset, Suspend, Resume, Destroy, Define, Update, Undefine }
 
-public enum JobState { Queued, Running, Succeeded, Failed, Cancelled, Superseded }
+/// <summary>
+/// Where a job is. Every state from <see cref="Succeeded"/> on is final; <see cref="Interrupted"/> is a job that was
+/// running when the daemon stopped without ending it (a crash), as found in the journal at the next start.
+/// </summary>
+public enum JobState { Queued, Running, Succeeded, Failed, Cancelled, Superseded, Interrupted }
 
 /// <summary>What a finished job did.</summary>
 public sealed record JobResult
@@ -17,6 +21,8 @@ public sealed record JobResult
     public StopStage? StoppedBy { get; init; }
     /// <summary>The domain's state when the job ended.</summary>
     public DomainState? State { get; init; }
+    /// <summary>For a job interrupted by a daemon crash: the domain's state as found after the restart.</summary>
+    public DomainState? ObservedState { get; init; }
 
     public static readonly JobResult NoopResult = new() { Noop = true };
 }
@@ -86,6 +92,15 @@ public sealed class Job : GateTicket
     public Task Finished => _finished.Task;
 
     internal ITimer? WaitTimer;
+
+    /// <summary>A job read back from the journal at start, already in its final state.</summary>
+    internal static Job Restored(Guid id, JobCommand command, DomainObject domain, DateTimeOffset createdAt, JobStatus status)
+    {
+        var job = new Job(command, domain, createdAt, CancellationToken.None) { Id = id };
+        job._status = status;
+        job.Complete();
+        return job;
+    }
 
     /// <summary>Queued → running, once.</summary>
     internal bool TryStart(DateTimeOffset now) =>

@@ -24,11 +24,15 @@ public sealed class JobScheduler : IAsyncDisposable
     private readonly Channel<Job> _priority = Channel.CreateUnbounded<Job>(new UnboundedChannelOptions { SingleReader = false });
     private readonly CancellationTokenSource _stopping = new();
     private readonly JobCounts _counts = new();
+    private readonly JobJournal? _journal;
     private Task[] _workers = [];
     private volatile bool _accepting = true;
 
-    public JobScheduler(JobsOptions options, EventBus bus, JobStore store, DomainLifecycle lifecycle, TimeProvider time, ILogger<JobScheduler> log)
+    /// <param name="journal">Where jobs are made durable (null: they live in memory only, as in tests or with <c>Jobs:Journal=false</c>).</param>
+    public JobScheduler(JobsOptions options, EventBus bus, JobStore store, DomainLifecycle lifecycle, TimeProvider time, ILogger<JobScheduler> log,
+        JobJournal? journal = null)
     {
+        _journal = journal;
         _options = options;
         _bus = bus;
         _store = store;
@@ -66,28 +70,89 @@ public sealed class JobScheduler : IAsyncDisposable
     /// supersedes the domain's queued jobs; its <see cref="JobCommand.Admitted"/> (SIGTERM) runs once the queued jobs
     /// are superseded and the running one is marked superseded, and before the destroy can reach a worker. So the
     /// running job fails fast and is reported superseded, and the signal can only reach the VM this destroy was for.
-    /// <paramref name="before"/> runs once the global limit allows the job and before it is queued; if it throws,
-    /// nothing is queued.
+    /// <paramref name="before"/> runs once the limits allow the job and before it is queued; if it throws,
+    /// nothing is queued. With a journal the job is queued only once its acceptance (and <paramref name="key"/>'s
+    /// reservation) is on disk: a 202 always names a job that a restart will find.
     /// </summary>
-    public Job Submit(JobCommand command, DomainObject domain, BeforeChange? before = null)
+    public async Task<Job> SubmitAsync(JobCommand command, DomainObject domain, BeforeChange? before = null, IdempotencyKeys.Entry? key = null)
+    {
+        var job = Admit(command, domain, before);
+        if (_journal is not null)
+        {
+            try
+            {
+                await _journal.AppendAsync(key is null ? [JournalRecord.Accepted(job)] : [JournalRecord.Accepted(job), key.ReserveFor(job)]).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                Turn(job);
+                throw new VirtdException(ErrorCodes.JournalUnavailable, 503, "Job journal unavailable",
+                    $"the job was not queued because its record could not be written to the job journal: {e.Message}") { RetryAfterSeconds = 5 };
+            }
+            if (!_accepting)
+            {
+                // Shutdown began while the record was being written: on disk it ends as cancelled.
+                Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError("daemon shutting down"));
+                _journal.Registered(job.Id);
+                throw VirtdException.ShuttingDown();
+            }
+        }
+        else
+        {
+            key?.ReserveFor(job);
+        }
+        Enqueue(job);
+        _journal?.Registered(job.Id);
+        return job;
+    }
+
+    /// <summary>
+    /// Queues a job at once; its acceptance goes to the journal ahead of anything else about it, but nobody waits for
+    /// it to be on disk. For the daemon's own jobs (autostart, a restart after an exit), which no client was promised.
+    /// </summary>
+    public Job Submit(JobCommand command, DomainObject domain)
+    {
+        var job = Admit(command, domain, null);
+        _journal?.Append(JournalRecord.Accepted(job));
+        Enqueue(job);
+        return job;
+    }
+
+    /// <summary>The checks every job passes before it is written down or queued: accepting, the limits, the caller's hook.</summary>
+    private Job Admit(JobCommand command, DomainObject domain, BeforeChange? before)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
-        var now = _time.GetUtcNow();
-        var job = new Job(command, domain, now, _stopping.Token);
-
+        var job = new Job(command, domain, _time.GetUtcNow(), _stopping.Token);
         if (!_counts.TryAdmit(job.Priority, _options.QueueLimit))
         {
             job.Complete();
             throw VirtdException.QueueFull($"{_options.QueueLimit} jobs are already queued (Jobs:QueueLimit)", RetryAfter());
         }
+        if (!job.Priority && domain.Gate.QueueLength >= _options.PerDomainQueueLimit)
+        {
+            Turn(job);
+            throw PerDomainFull(domain);
+        }
         try { before?.Invoke(domain, job.Id); }
         catch
         {
-            _counts.Withdraw();
-            job.Complete();
+            Turn(job);
             throw;
         }
+        return job;
+    }
 
+    /// <summary>A job admitted but then turned away before it was queued.</summary>
+    private void Turn(Job job)
+    {
+        _counts.Withdraw();
+        job.Complete();
+    }
+
+    private void Enqueue(Job job)
+    {
+        var domain = job.Domain;
+        var now = _time.GetUtcNow();
         if (job.Priority)
         {
             _store.Add(job);
@@ -101,26 +166,22 @@ public sealed class JobScheduler : IAsyncDisposable
                 else
                     running.CancelRunning($"superseded by destroy job {job.Id}", job.Id);
             }
-            command.Admitted(job, _lifecycle);
+            job.Command.Admitted(job, _lifecycle);
             if (isHolder) Dispatch(job);
             else ArmWaitTimer(job);
-            return job;
+            return;
         }
 
         // Recorded and published inside the gate's lock: once queued, a release on another thread may
-        // hand the job to a worker at once, and job.started must never come before job.queued.
-        var admission = domain.Gate.Enqueue(job, _options.PerDomainQueueLimit, now, _admitted);
-        if (admission == JobGate.Admission.Full)
-        {
-            _counts.Withdraw();
-            job.Complete();
-            throw VirtdException.QueueFull(
-                $"domain '{domain.Name}' already has {_options.PerDomainQueueLimit} jobs queued (Jobs:PerDomainQueueLimit)", RetryAfter());
-        }
+        // hand the job to a worker at once, and job.started must never come before job.queued. The per-domain
+        // limit was checked before the job was written down; two requests racing for the last place may both get it.
+        var admission = domain.Gate.Enqueue(job, int.MaxValue, now, _admitted);
         if (admission == JobGate.Admission.Holder) Dispatch(job);
         else ArmWaitTimer(job);
-        return job;
     }
+
+    private VirtdException PerDomainFull(DomainObject domain) => VirtdException.QueueFull(
+        $"domain '{domain.Name}' already has {_options.PerDomainQueueLimit} jobs queued (Jobs:PerDomainQueueLimit)", RetryAfter());
 
     /// <summary>
     /// Takes <paramref name="domain"/>'s gate for a request that does its work itself (define, update, undefine).
@@ -272,6 +333,7 @@ public sealed class JobScheduler : IAsyncDisposable
         }
         _counts.Started();
         job.WaitTimer?.Dispose();
+        _journal?.Append(JournalRecord.Started(job));
         PublishJob(EventTypes.JobStarted, job);
 
         JobResult? result = null;
@@ -326,6 +388,7 @@ public sealed class JobScheduler : IAsyncDisposable
     {
         if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
         _counts.Finished(from);
+        _journal?.Append(JournalRecord.Finished(job));
         PublishJob(EventTypes.JobFinished, job);
         _store.MarkFinished(job);
         job.Complete();

@@ -49,6 +49,32 @@ public sealed class JobStore(JobsOptions options, TimeProvider time)
         return list;
     }
 
+    /// <summary>Jobs read back from the journal at start, all finished: kept by the same retention as any other.</summary>
+    public void Restore(IEnumerable<Job> jobs)
+    {
+        foreach (var job in jobs.OrderBy(j => j.FinishedAt))
+        {
+            _jobs[job.Id] = job;
+            _finished.Enqueue(job);
+            Interlocked.Increment(ref _finishedCount);
+        }
+        Prune();
+    }
+
+    /// <summary>Every job still known, as journal records, oldest first: what a rewrite of the journal keeps.</summary>
+    public IReadOnlyList<JournalRecord> JournalRecords()
+    {
+        Prune();
+        var records = new List<JournalRecord>(_jobs.Count * 3);
+        foreach (var job in _jobs.Values.OrderBy(j => j.CreatedAt))
+        {
+            records.Add(JournalRecord.Accepted(job));
+            if (job.StartedAt is not null) records.Add(JournalRecord.Started(job));
+            if (job.IsFinished) records.Add(JournalRecord.Finished(job));
+        }
+        return records;
+    }
+
     /// <summary>Jobs not yet finished (for shutdown).</summary>
     public IEnumerable<Job> Unfinished() => _jobs.Values.Where(j => !j.IsFinished);
 }

@@ -1,0 +1,275 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Virtd.Core.Persistence;
+
+namespace Virtd.Core.Jobs;
+
+public enum JournalRecordType { Accepted, Started, Finished, Key }
+
+/// <summary>
+/// One line of the job journal. <c>accepted</c>: a job and its typed command, before the client hears 202;
+/// <c>started</c> and <c>finished</c>: its progress and outcome; <c>key</c>: an Idempotency-Key and the answer it stands for.
+/// </summary>
+public sealed record JournalRecord
+{
+    public JournalRecordType T { get; init; }
+    public DateTimeOffset At { get; init; }
+    public Guid? Job { get; init; }
+    public string? Domain { get; init; }
+    public Guid? DomainUuid { get; init; }
+    public JobCommand? Command { get; init; }
+    public JobState? State { get; init; }
+    public JobResult? Result { get; init; }
+    public JobError? Error { get; init; }
+    public string? Identity { get; init; }
+    public string? Key { get; init; }
+    public string? Fingerprint { get; init; }
+    public int? Status { get; init; }
+    public string? Resource { get; init; }
+
+    public static JournalRecord Accepted(Job job) => new()
+    {
+        T = JournalRecordType.Accepted, At = job.CreatedAt, Job = job.Id, Domain = job.Domain.Name, DomainUuid = job.Domain.Uuid, Command = job.Command,
+    };
+
+    public static JournalRecord Started(Job job) => new() { T = JournalRecordType.Started, At = job.StartedAt ?? job.CreatedAt, Job = job.Id };
+
+    public static JournalRecord Finished(Job job)
+    {
+        var s = job.Status;
+        return new() { T = JournalRecordType.Finished, At = s.FinishedAt ?? job.CreatedAt, Job = job.Id, State = s.State, Result = s.Result, Error = s.Error };
+    }
+}
+
+/// <summary>What a journal held when it was read: its records in order, and how many lines could not be used.</summary>
+public sealed record JournalContents(IReadOnlyList<JournalRecord> Records, int Torn, int Unreadable);
+
+/// <summary>
+/// <c>&lt;StateDirectory&gt;/jobs/journal</c>: an append-only file of JSON lines. One writer loop owns the file: it
+/// takes every record waiting, writes them, and makes them durable with one fsync (group commit), so many jobs
+/// share one. A record counts only with its newline: a torn last line (the daemon died mid-write) is cut off at
+/// load, never fatal. When the file has grown well past what is still retained, the writer rewrites it from a
+/// snapshot (temporary file, fsync, rename, fsync of the directory).
+/// </summary>
+public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsyncDisposable
+{
+    public const string FileName = "journal";
+
+    /// <summary>Records appended since the last rewrite before the file is rewritten, at least.</summary>
+    public const int CompactAfter = 20_000;
+
+    private readonly Channel<Pending> _pending = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
+    // Acceptances on disk whose job the store does not show yet (the submitter has not gone on): a rewrite keeps them.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, JournalRecord[]> _unregistered = new();
+    private Func<IReadOnlyList<JournalRecord>>? _snapshot;
+    private FileStream? _file;
+    private Task? _writer;
+    private long _fsyncs;
+    private long _records;
+    private int _sinceCompaction;
+    private int _lastSnapshot;
+
+    public string Path { get; } = System.IO.Path.Combine(directory, FileName);
+
+    /// <summary>fsync calls made so far (for the benchmark's figures).</summary>
+    public long Fsyncs => Interlocked.Read(ref _fsyncs);
+
+    /// <summary>Records written so far.</summary>
+    public long Records => Interlocked.Read(ref _records);
+
+    /// <summary>Reads the journal. A torn or unreadable last line is cut off the file, so the next record starts on a line of its own.</summary>
+    public JournalContents Load()
+    {
+        Directory.CreateDirectory(directory);
+        if (!File.Exists(Path)) return new JournalContents([], 0, 0);
+        var bytes = File.ReadAllBytes(Path);
+        var records = new List<JournalRecord>(Math.Max(16, bytes.Length / 160));
+        int torn = 0, unreadable = 0, start = 0, good = 0;
+        while (start < bytes.Length)
+        {
+            var end = Array.IndexOf(bytes, (byte)'\n', start);
+            if (end < 0)
+            {
+                torn = 1; // no newline: the write that made it never finished
+                break;
+            }
+            var line = bytes.AsSpan(start, end - start);
+            var record = Parse(line);
+            if (record is not null)
+            {
+                records.Add(record);
+                good = end + 1;
+            }
+            else if (end + 1 >= bytes.Length)
+            {
+                torn = 1;
+            }
+            else
+            {
+                unreadable++;
+                good = end + 1;
+                log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, start);
+            }
+            start = end + 1;
+        }
+        if (good < bytes.Length)
+        {
+            using var f = new FileStream(Path, FileMode.Open, FileAccess.Write);
+            f.SetLength(good);
+            f.Flush(flushToDisk: true);
+            log.LogWarning("job journal {File}: a torn last record ({Bytes} bytes) cut off", Path, bytes.Length - good);
+        }
+        return new JournalContents(records, torn, unreadable);
+    }
+
+    private static JournalRecord? Parse(ReadOnlySpan<byte> line)
+    {
+        if (line.IsEmpty) return null;
+        try { return JsonSerializer.Deserialize(line, JournalJson.Default.JournalRecord); }
+        catch (JsonException) { return null; }
+        catch (NotSupportedException) { return null; }
+    }
+
+    /// <summary>
+    /// Starts the writer, after the journal was loaded and the records of the restart were appended to the
+    /// snapshot: the file is rewritten from <paramref name="snapshot"/> first, so it starts with what is retained.
+    /// </summary>
+    public void Start(Func<IReadOnlyList<JournalRecord>> snapshot)
+    {
+        _snapshot = snapshot;
+        Rewrite();
+        _writer = Task.Run(WriteLoopAsync);
+    }
+
+    /// <summary>Appends records; the task completes once they are on disk (fsync), or fails with the I/O error.</summary>
+    public Task AppendAsync(params JournalRecord[] records)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (!_pending.Writer.TryWrite(new Pending(records, done)))
+            done.TrySetException(new IOException("the job journal is closed"));
+        return done.Task;
+    }
+
+    /// <summary>Appends a record that nobody waits for (a job started or finished); it is on disk with the next group.</summary>
+    public void Append(JournalRecord record) => _pending.Writer.TryWrite(new Pending([record], null));
+
+    private async Task WriteLoopAsync()
+    {
+        var batch = new List<Pending>();
+        var buffer = new MemoryStream();
+        while (await _pending.Reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            batch.Clear();
+            buffer.SetLength(0);
+            var count = 0;
+            while (_pending.Reader.TryRead(out var p))
+            {
+                batch.Add(p);
+                foreach (var r in p.Records)
+                {
+                    JsonSerializer.Serialize(buffer, r, JournalJson.Default.JournalRecord);
+                    buffer.WriteByte((byte)'\n');
+                    count++;
+                }
+            }
+            try
+            {
+                _file!.Write(buffer.GetBuffer(), 0, (int)buffer.Length);
+                _file.Flush(flushToDisk: true);
+                Interlocked.Increment(ref _fsyncs);
+                Interlocked.Add(ref _records, count);
+                foreach (var p in batch)
+                {
+                    if (p.Done is not null && p.Records is [{ T: JournalRecordType.Accepted, Job: { } id }, ..]) _unregistered[id] = p.Records;
+                    p.Done?.TrySetResult();
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                log.LogError("job journal {File}: cannot write {Count} record(s): {Error}", Path, count, e.Message);
+                foreach (var p in batch) p.Done?.TrySetException(e);
+                ReopenAfterFailure();
+                continue;
+            }
+            _sinceCompaction += count;
+            if (_sinceCompaction >= Math.Max(CompactAfter, 2 * _lastSnapshot)) Rewrite();
+        }
+    }
+
+    /// <summary>The job of an acceptance on disk is in the store now (or was turned away): a rewrite finds it there.</summary>
+    public void Registered(Guid jobId) => _unregistered.TryRemove(jobId, out _);
+
+    /// <summary>Replaces the file with the snapshot's records and reopens it for appending. A failure keeps the old file.</summary>
+    private void Rewrite()
+    {
+        var records = _snapshot!().Concat(_unregistered.Values.SelectMany(r => r)).ToList();
+        var bytes = new MemoryStream();
+        foreach (var r in records)
+        {
+            JsonSerializer.Serialize(bytes, r, JournalJson.Default.JournalRecord);
+            bytes.WriteByte((byte)'\n');
+        }
+        try
+        {
+            _file?.Dispose();
+            _file = null;
+            AtomicFile.Write(Path, bytes.GetBuffer().AsSpan(0, (int)bytes.Length), durable: true, AtomicFile.OwnerOnly);
+            _lastSnapshot = records.Count;
+            _sinceCompaction = 0;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            log.LogError("job journal {File}: cannot rewrite it ({Error}); appending to the old one", Path, e.Message);
+        }
+        _file = OpenForAppend();
+    }
+
+    private void ReopenAfterFailure()
+    {
+        try
+        {
+            _file?.Dispose();
+            _file = OpenForAppend();
+            // What a failed write left half-written must not glue itself to the next record.
+            _file.WriteByte((byte)'\n');
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            log.LogError("job journal {File}: cannot reopen it: {Error}", Path, e.Message);
+        }
+    }
+
+    private FileStream OpenForAppend()
+    {
+        var f = new FileStream(Path, new FileStreamOptions
+        {
+            Mode = FileMode.OpenOrCreate, Access = FileAccess.Write, Share = FileShare.Read, UnixCreateMode = AtomicFile.OwnerOnly, BufferSize = 0,
+        });
+        f.Seek(0, SeekOrigin.End);
+        return f;
+    }
+
+    /// <summary>Writes what is waiting and closes the file (daemon stop).</summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        _pending.Writer.TryComplete();
+        if (_writer is not null) await _writer.WaitAsync(cancellationToken).ConfigureAwait(false);
+        _file?.Dispose();
+        _file = null;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try { await StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { log.LogWarning("job journal {File}: the writer did not stop within 5 s", Path); }
+    }
+
+    private sealed record Pending(JournalRecord[] Records, TaskCompletionSource? Done);
+}
+
+/// <summary>Source-generated JSON of the journal: camelCase, enums as strings, nulls left out.</summary>
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, UseStringEnumConverter = true)]
+[JsonSerializable(typeof(JournalRecord))]
+internal sealed partial class JournalJson : JsonSerializerContext;
