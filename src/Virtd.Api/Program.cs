@@ -29,7 +29,7 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         "`rate-limited` after too many failed authentications from one address. Every change is written to the audit log " +
         "first; when it cannot be, 503 `audit-unavailable` and nothing changes.";
     return Task.CompletedTask;
-}).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>());
+}).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>().AddOperationTransformer<IdempotencyOpenApi>());
 
 var app = builder.Build();
 app.UseIdleTracking();

@@ -17,8 +17,10 @@ switch (opts.Command)
 {
     case "lifecycle":
         return await Lifecycle.RunAsync(http, opts.Int("starts", 30), opts.Int("vms", 10), opts.Int("seconds", 10));
+    case "jobs":
+        return await JobsBench.RunAsync(http, opts.Int("clients", 50), opts.Int("seconds", 10));
     default:
-        Console.Error.WriteLine("usage: virtd-bench lifecycle --url URL --token-file FILE [--starts N] [--vms N] [--seconds N]");
+        Console.Error.WriteLine("usage: virtd-bench lifecycle|jobs --url URL --token-file FILE [--starts N] [--vms N] [--clients N] [--seconds N]");
         return 2;
 }
 
@@ -35,6 +37,64 @@ namespace Virtd.Bench
 
         public string Get(string key, string fallback) => Values.GetValueOrDefault(key, fallback);
         public int Int(string key, int fallback) => Values.TryGetValue(key, out var v) ? int.Parse(v) : fallback;
+    }
+
+    /// <summary>
+    /// Job throughput: each client alternates suspend and resume (with ?wait=, so every job does its work and is
+    /// counted once it has finished) on its own simulated domain. Prints one line the script parses:
+    /// <c>jobs N seconds S jobs/s R fsyncs F records C</c>.
+    /// </summary>
+    internal static class JobsBench
+    {
+        public static async Task<int> RunAsync(HttpClient http, int clients, int seconds)
+        {
+            var names = Enumerable.Range(0, clients).Select(i => $"jobs-{i}").ToList();
+            await Task.WhenAll(names.Select(async n =>
+            {
+                var r = await http.PostAsJsonAsync("/api/v1/domains", new { name = n, memoryMiB = 64, driver = "simulated" });
+                if (!r.IsSuccessStatusCode) throw new InvalidOperationException($"define {n}: {(int)r.StatusCode} {await r.Content.ReadAsStringAsync()}");
+                await ActAsync(http, n, "start");
+            }));
+            // Warm-up, then the measured run.
+            await LoopAsync(http, names, TimeSpan.FromSeconds(2));
+            var before = await JournalAsync(http);
+            var sw = Stopwatch.StartNew();
+            var jobs = await LoopAsync(http, names, TimeSpan.FromSeconds(seconds));
+            var elapsed = sw.Elapsed.TotalSeconds;
+            var after = await JournalAsync(http);
+            Console.WriteLine($"jobs {jobs} seconds {elapsed:0.00} jobs/s {jobs / elapsed:0} fsyncs/s {(after.Fsyncs - before.Fsyncs) / elapsed:0} " +
+                              $"records/s {(after.Records - before.Records) / elapsed:0}");
+            return 0;
+        }
+
+        private static async Task<long> LoopAsync(HttpClient http, List<string> names, TimeSpan duration)
+        {
+            var count = 0L;
+            var sw = Stopwatch.StartNew();
+            await Task.WhenAll(names.Select(async n =>
+            {
+                while (sw.Elapsed < duration)
+                {
+                    await ActAsync(http, n, "suspend");
+                    await ActAsync(http, n, "resume");
+                    Interlocked.Add(ref count, 2);
+                }
+            }));
+            return count;
+        }
+
+        private static async Task ActAsync(HttpClient http, string name, string action)
+        {
+            using var r = await http.PostAsync($"/api/v1/domains/{name}/{action}?wait=60", null);
+            if (r.StatusCode != System.Net.HttpStatusCode.OK) throw new InvalidOperationException($"{action} {name}: {(int)r.StatusCode} {await r.Content.ReadAsStringAsync()}");
+        }
+
+        private static async Task<(long Records, long Fsyncs)> JournalAsync(HttpClient http)
+        {
+            var host = await http.GetFromJsonAsync<JsonElement>("/api/v1/host");
+            var j = host.GetProperty("jobs").GetProperty("journal");
+            return (j.GetProperty("records").GetInt64(), j.GetProperty("fsyncs").GetInt64());
+        }
     }
 
     internal static class Lifecycle

@@ -13,7 +13,11 @@ namespace Virtd.Api.Host;
 
 public sealed record DaemonDto(string Version, DaemonState State, DateTimeOffset StartedAt, DateTimeOffset? ReadyAt, double UptimeSeconds, int Pid);
 
-public sealed record JobPoolDto(int Workers, int PriorityWorkers, int Queued, int Running, int QueueLimit, int PerDomainQueueLimit, double WaitTimeoutSeconds);
+public sealed record JobPoolDto(int Workers, int PriorityWorkers, int Queued, int Running, int QueueLimit, int PerDomainQueueLimit, double WaitTimeoutSeconds,
+    JournalDto Journal);
+
+/// <summary>The job journal: whether it is kept, and records and fsyncs written since the daemon started (many records share an fsync).</summary>
+public sealed record JournalDto(bool Enabled, long Records, long Fsyncs);
 
 public sealed record DomainCountsDto(int Defined, int Running, int Paused);
 
@@ -52,7 +56,7 @@ public static class HostApi
     };
 
     public static Ok<HostDto> GetHost(DaemonStatus status, DomainService svc, DriverCatalog drivers, JobScheduler scheduler,
-        StoragePaths paths, EventBus bus, TimeProvider time)
+        StoragePaths paths, EventBus bus, JobJournal journal, TimeProvider time)
     {
         var all = svc.Registry.List();
         var running = all.Count(d => d.Runtime.State is DomainState.Running or DomainState.ShuttingDown);
@@ -70,7 +74,7 @@ public static class HostApi
             new DaemonDto(typeof(HostApi).Assembly.GetName().Version?.ToString(3) ?? "0.0.0", status.State, status.StartedAt, status.ReadyAt,
                 Math.Round((now - status.StartedAt).TotalSeconds, 3), Environment.ProcessId),
             new JobPoolDto(o.Workers, o.PriorityWorkers, scheduler.QueuedCount, scheduler.RunningCount, o.QueueLimit, o.PerDomainQueueLimit,
-                o.WaitTimeout.TotalSeconds),
+                o.WaitTimeout.TotalSeconds, new JournalDto(o.Journal, journal.Records, journal.Fsyncs)),
             new DomainCountsDto(all.Count, running, paused),
             bus.SubscriberCount));
     }

@@ -168,3 +168,25 @@ public static class Idempotency
 
 /// <summary>Endpoint metadata: the POST takes an Idempotency-Key (for the OpenAPI document).</summary>
 public sealed record IdempotentEndpoint;
+
+/// <summary>The Idempotency-Key header in the OpenAPI document, on every operation that takes it.</summary>
+internal sealed class IdempotencyOpenApi : Microsoft.AspNetCore.OpenApi.IOpenApiOperationTransformer
+{
+    public Task TransformAsync(Microsoft.OpenApi.OpenApiOperation operation, Microsoft.AspNetCore.OpenApi.OpenApiOperationTransformerContext context,
+        CancellationToken cancellationToken)
+    {
+        if (!context.Description.ActionDescriptor.EndpointMetadata.OfType<IdempotentEndpoint>().Any()) return Task.CompletedTask;
+        operation.Parameters ??= [];
+        operation.Parameters.Add(new Microsoft.OpenApi.OpenApiParameter
+        {
+            Name = Idempotency.Header,
+            In = Microsoft.OpenApi.ParameterLocation.Header,
+            Required = false,
+            Description = "Makes a retry safe (IETF httpapi draft): the same key and request within Jobs:IdempotencyWindow (24 h) get the first " +
+                          "answer again, with Idempotent-Replayed: true; another request with the key 422 idempotency-key-reused; while the " +
+                          "first is being answered 409 idempotency-key-in-flight. Per caller; 1 to 255 printable ASCII characters, quoted or not.",
+            Schema = new Microsoft.OpenApi.OpenApiSchema { Type = Microsoft.OpenApi.JsonSchemaType.String, MaxLength = IdempotencyKeys.MaxKeyLength },
+        });
+        return Task.CompletedTask;
+    }
+}

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using System.Threading.Channels;
@@ -28,6 +29,8 @@ public sealed record JournalRecord
     public string? Fingerprint { get; init; }
     public int? Status { get; init; }
     public string? Resource { get; init; }
+    /// <summary>On a finished record: when the job started (its started record may have been left out).</summary>
+    public DateTimeOffset? StartedAt { get; init; }
 
     public static JournalRecord Accepted(Job job) => new()
     {
@@ -39,7 +42,11 @@ public sealed record JournalRecord
     public static JournalRecord Finished(Job job)
     {
         var s = job.Status;
-        return new() { T = JournalRecordType.Finished, At = s.FinishedAt ?? job.CreatedAt, Job = job.Id, State = s.State, Result = s.Result, Error = s.Error };
+        return new()
+        {
+            T = JournalRecordType.Finished, At = s.FinishedAt ?? job.CreatedAt, Job = job.Id, State = s.State, Result = s.Result, Error = s.Error,
+            StartedAt = s.StartedAt,
+        };
     }
 }
 
@@ -65,7 +72,10 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     private readonly System.Collections.Concurrent.ConcurrentDictionary<Guid, JournalRecord[]> _unregistered = new();
     private Func<IReadOnlyList<JournalRecord>>? _snapshot;
     private FileStream? _file;
-    private Task? _writer;
+    private Thread? _writer;
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // Counts the wake-ups owed to the writer: one per append, and one when the journal closes.
+    private readonly SemaphoreSlim _wake = new(0);
     private long _fsyncs;
     private long _records;
     private int _sinceCompaction;
@@ -140,43 +150,80 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     {
         _snapshot = snapshot;
         Rewrite();
-        _writer = Task.Run(WriteLoopAsync);
+        _writer = new Thread(() =>
+        {
+            try { WriteLoop(); }
+            catch (Exception e) { log.LogCritical(e, "job journal {File}: the writer failed; jobs are no longer journalled", Path); }
+            finally
+            {
+                // Whatever is left can no longer be written: its waiters hear so rather than hang.
+                while (_pending.Reader.TryRead(out var p)) p.Done?.TrySetException(new IOException("the job journal is closed"));
+                _stopped.TrySetResult();
+            }
+        })
+        { IsBackground = true, Name = "virtd job journal" };
+        _writer.Start();
     }
 
     /// <summary>Appends records; the task completes once they are on disk (fsync), or fails with the I/O error.</summary>
     public Task AppendAsync(params JournalRecord[] records)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!_pending.Writer.TryWrite(new Pending(records, done)))
-            done.TrySetException(new IOException("the job journal is closed"));
+        if (_pending.Writer.TryWrite(new Pending(records, done))) _wake.Release();
+        else done.TrySetException(new IOException("the job journal is closed"));
         return done.Task;
     }
 
     /// <summary>Appends a record that nobody waits for (a job started or finished); it is on disk with the next group.</summary>
-    public void Append(JournalRecord record) => _pending.Writer.TryWrite(new Pending([record], null));
+    public void Append(JournalRecord record)
+    {
+        if (_pending.Writer.TryWrite(new Pending([record], null))) _wake.Release();
+    }
 
-    private async Task WriteLoopAsync()
+    /// <summary>
+    /// The writer: on a thread of its own, because it spends its time blocked in fsync, which would hold a pool
+    /// thread (and make the pool add threads) for every group. Each round takes every record waiting; started
+    /// records of jobs whose end is in the same round are left out (the finished record carries the start time).
+    /// </summary>
+    private void WriteLoop()
     {
         var batch = new List<Pending>();
-        var buffer = new MemoryStream();
-        while (await _pending.Reader.WaitToReadAsync().ConfigureAwait(false))
+        var buffer = new ArrayBufferWriter<byte>(64 * 1024);
+        using var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { SkipValidation = true });
+        var finishedInBatch = new HashSet<Guid>();
+        while (true)
         {
+            _wake.Wait();
             batch.Clear();
-            buffer.SetLength(0);
-            var count = 0;
+            buffer.ResetWrittenCount();
+            finishedInBatch.Clear();
             while (_pending.Reader.TryRead(out var p))
             {
                 batch.Add(p);
                 foreach (var r in p.Records)
+                    if (r is { T: JournalRecordType.Finished, Job: { } id }) finishedInBatch.Add(id);
+            }
+            if (batch.Count == 0)
+            {
+                if (_pending.Reader.Completion.IsCompleted) return;
+                continue;
+            }
+            var count = 0;
+            foreach (var p in batch)
+            {
+                foreach (var r in p.Records)
                 {
-                    JsonSerializer.Serialize(buffer, r, JournalJson.Default.JournalRecord);
-                    buffer.WriteByte((byte)'\n');
+                    if (r is { T: JournalRecordType.Started, Job: { } id } && finishedInBatch.Contains(id)) continue;
+                    json.Reset();
+                    JsonSerializer.Serialize(json, r, JournalJson.Default.JournalRecord);
+                    json.Flush();
+                    buffer.Write("\n"u8);
                     count++;
                 }
             }
             try
             {
-                _file!.Write(buffer.GetBuffer(), 0, (int)buffer.Length);
+                _file!.Write(buffer.WrittenSpan);
                 _file.Flush(flushToDisk: true);
                 Interlocked.Increment(ref _fsyncs);
                 Interlocked.Add(ref _records, count);
@@ -254,8 +301,8 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     /// <summary>Writes what is waiting and closes the file (daemon stop).</summary>
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        _pending.Writer.TryComplete();
-        if (_writer is not null) await _writer.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (_pending.Writer.TryComplete()) _wake.Release();
+        if (_writer is not null) await _stopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
         _file?.Dispose();
         _file = null;
     }

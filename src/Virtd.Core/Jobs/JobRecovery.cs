@@ -67,7 +67,7 @@ public sealed class JobRecovery
             JobStatus status;
             if (e.Finished is { } f)
             {
-                status = new JobStatus(f.State!.Value, e.StartedAt, f.At, f.Result, f.Error);
+                status = new JobStatus(f.State!.Value, e.StartedAt ?? f.StartedAt, f.At, f.Result, f.Error);
             }
             else if (e.StartedAt is { } started)
             {

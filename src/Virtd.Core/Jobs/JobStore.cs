@@ -69,8 +69,8 @@ public sealed class JobStore(JobsOptions options, TimeProvider time)
         foreach (var job in _jobs.Values.OrderBy(j => j.CreatedAt))
         {
             records.Add(JournalRecord.Accepted(job));
-            if (job.StartedAt is not null) records.Add(JournalRecord.Started(job));
-            if (job.IsFinished) records.Add(JournalRecord.Finished(job));
+            if (job.IsFinished) records.Add(JournalRecord.Finished(job)); // with its start time
+            else if (job.StartedAt is not null) records.Add(JournalRecord.Started(job));
         }
         return records;
     }
