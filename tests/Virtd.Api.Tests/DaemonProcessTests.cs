@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Api.Tests;
 
@@ -45,8 +45,8 @@ public sealed class DaemonProcessTests
     {
         await using var daemon = DaemonProcess.Start();
         await daemon.WaitReadyAsync();
-        var streams = new List<Virtd.Tests.Support.SseClient>();
-        for (var i = 0; i < 3; i++) streams.Add(await Virtd.Tests.Support.SseClient.OpenAsync(daemon.Http, "/api/v1/events"));
+        var streams = new List<Virtd.Testing.SseClient>();
+        for (var i = 0; i < 3; i++) streams.Add(await Virtd.Testing.SseClient.OpenAsync(daemon.Http, "/api/v1/events"));
         foreach (var s in streams) await s.NextFrameAsync(TimeSpan.FromSeconds(10));
         var sw = System.Diagnostics.Stopwatch.StartNew();
 

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net;
-using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using Virtd.Testing;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

@@ -2,10 +2,9 @@ using System.Diagnostics;
 using System.Net;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Core.Events;
-using Virtd.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

@@ -2,8 +2,8 @@ using System.Net;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 using Virtd.Api.Hosting;
-using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using Virtd.Testing;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

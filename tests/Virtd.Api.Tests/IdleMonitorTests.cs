@@ -2,11 +2,9 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting.Internal;
 using Microsoft.Extensions.Logging.Abstractions;
 using Virtd.Api.Hosting;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Core.Domains;
 using Virtd.Core.Jobs;
-using Virtd.Core.Tests.Support;
-using Virtd.Tests.Support;
 
 namespace Virtd.Api.Tests;
 

@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
-using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using Virtd.Testing;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

@@ -1,6 +1,6 @@
 using System.Net;
-using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using Virtd.Testing;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests;
 

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Api.Tests;
 

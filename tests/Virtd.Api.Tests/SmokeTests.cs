@@ -1,5 +1,5 @@
 using System.Net;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Api.Tests;
 

@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Virtd.Api.Hosting;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Api.Tests;
 

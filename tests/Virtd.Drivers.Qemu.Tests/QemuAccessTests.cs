@@ -1,4 +1,4 @@
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Drivers.Qemu.Tests.Support;
 
 namespace Virtd.Drivers.Qemu.Tests;

@@ -1,4 +1,4 @@
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Core.Events;
 using Virtd.Drivers.Qemu.Tests.Support;
 

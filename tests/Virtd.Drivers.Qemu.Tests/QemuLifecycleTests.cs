@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Net;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Core.Events;
 using Virtd.Drivers.Qemu.Tests.Support;
 

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Drivers.Qemu.Tests.Support;
 
 namespace Virtd.Drivers.Qemu.Tests;

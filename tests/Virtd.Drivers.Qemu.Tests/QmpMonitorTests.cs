@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Virtd.Core.Errors;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 using Virtd.Drivers.Qemu.Monitor;
 using Virtd.Drivers.Qemu.Tests.Support;
 

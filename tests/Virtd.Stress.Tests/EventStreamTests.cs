@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using Microsoft.Extensions.DependencyInjection;
 using Virtd.Core.Events;
 using Virtd.Stress.Tests.Support;
-using Virtd.Tests.Support;
+using Virtd.Testing;
 using Xunit.Abstractions;
 
 namespace Virtd.Stress.Tests;

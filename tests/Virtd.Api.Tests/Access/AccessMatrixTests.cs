@@ -5,8 +5,8 @@ using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Virtd.Api.Access;
-using Virtd.Api.Tests.Support;
-using static Virtd.Api.Tests.Support.VirtdHttp;
+using Virtd.Testing;
+using static Virtd.Testing.VirtdHttp;
 
 namespace Virtd.Api.Tests.Access;
 

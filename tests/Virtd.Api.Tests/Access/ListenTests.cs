@@ -1,7 +1,7 @@
 using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Api.Tests.Access;
 

@@ -3,7 +3,7 @@ using Virtd.Core.Drivers;
 using Virtd.Core.Errors;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Core.Tests.Domains;
 

@@ -1,7 +1,7 @@
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 using Virtd.Core.Events;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Core.Tests.Domains;
 

@@ -2,7 +2,7 @@ using System.Text.Json;
 using Virtd.Core.Domains;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Core.Tests.Events;
 

@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 using Virtd.Core.Jobs;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Core.Tests.Jobs;
 

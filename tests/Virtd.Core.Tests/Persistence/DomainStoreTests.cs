@@ -2,7 +2,7 @@ using System.Text.Json;
 using Microsoft.Extensions.Logging.Abstractions;
 using Virtd.Core.Domains;
 using Virtd.Core.Persistence;
-using Virtd.Core.Tests.Support;
+using Virtd.Testing;
 
 namespace Virtd.Core.Tests.Persistence;
 

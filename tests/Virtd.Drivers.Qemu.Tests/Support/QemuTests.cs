@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
-using Virtd.Api.Tests.Support;
+using Virtd.Testing;
 using Virtd.Core.Events;
 
 namespace Virtd.Drivers.Qemu.Tests.Support;

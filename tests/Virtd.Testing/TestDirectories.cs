@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// Temporary directories the tests create, removed when the test process exits: not when an app is

@@ -7,7 +7,7 @@ using Virtd.Core.Jobs;
 using Virtd.Core.Persistence;
 using Virtd.Drivers.Simulated;
 
-namespace Virtd.Core.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// The core wired as the daemon wires it (VirtdHostingExtensions): event bus, registry, job store,

@@ -7,7 +7,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Virtd.Core;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// The daemon in-process on the test server, with its own temporary state directory and the

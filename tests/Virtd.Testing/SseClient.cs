@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net.Http.Headers;
 using System.Text.Json;
 
-namespace Virtd.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>One Server-Sent Events block as it came off the wire: fields, and the comment lines before it.</summary>
 public sealed record SseFrame(long? Id, string? Type, string? Data, int Comments)

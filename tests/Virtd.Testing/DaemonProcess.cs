@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// The built daemon (<c>virtd.dll</c>, copied next to this test assembly by the project reference) run as

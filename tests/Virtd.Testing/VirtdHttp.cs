@@ -3,7 +3,7 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>Short ways to say what the tests do over HTTP, and what they expect back.</summary>
 public static class VirtdHttp

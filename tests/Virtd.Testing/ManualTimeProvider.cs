@@ -1,4 +1,4 @@
-namespace Virtd.Core.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// A clock that moves only when told (the mirror has no Microsoft.Extensions.TimeProvider.Testing).

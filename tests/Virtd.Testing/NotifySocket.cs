@@ -2,7 +2,7 @@ using System.Net.Sockets;
 using System.Text;
 using Virtd.Api.Hosting;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>The service manager's end of sd_notify: a bound Unix datagram socket (a path, or <c>@name</c>).</summary>
 public sealed class NotifySocket : IDisposable

@@ -1,6 +1,6 @@
 using System.Net.Sockets;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>HTTP over one of the daemon's Unix sockets, as <c>curl --unix-socket</c> does it.</summary>
 public static class UnixHttp

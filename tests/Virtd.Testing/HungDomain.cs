@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace Virtd.Api.Tests.Support;
+namespace Virtd.Testing;
 
 /// <summary>
 /// A domain whose job gate is held for as long as a test needs: it boots for ten minutes, so its
