@@ -11,12 +11,12 @@ public enum StopIntent { None, Destroy, Shutdown, Restart }
 /// Whoever holds the gate says why the VM is going down (<see cref="StopIntent"/>): the intent lives and ends with
 /// the one thing that causes the stop.
 /// </summary>
-public abstract class GateTicket(JobKind kind, DomainObject domain, DateTimeOffset createdAt)
+public abstract class GateTicket(JobKind kind, DomainObject domain, DateTimeOffset createdAt, Guid? id = null)
 {
     private int _stopIntent;
 
     /// <summary>Time-ordered and unique across daemon restarts (a version 7 UUID).</summary>
-    public Guid Id { get; protected init; } = Guid.CreateVersion7(createdAt);
+    public Guid Id { get; } = id ?? Guid.CreateVersion7(createdAt);
     public JobKind Kind { get; } = kind;
     public DomainObject Domain { get; } = domain;
     public DateTimeOffset CreatedAt { get; } = createdAt;

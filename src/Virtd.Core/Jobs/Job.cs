@@ -53,12 +53,20 @@ public sealed record JobStatus(JobState State, DateTimeOffset? StartedAt, DateTi
 public sealed class Job : GateTicket
 {
     private JobStatus _status = new(JobState.Queued, null, null, null, null);
-    private readonly CancellationTokenSource _cts;
+    // Null for a job read back from the journal: it ended before this daemon started.
+    private readonly CancellationTokenSource? _cts;
 
     internal Job(JobCommand command, DomainObject domain, DateTimeOffset now, CancellationToken daemonStopping) : base(command.Kind, domain, now)
     {
         Command = command;
         _cts = CancellationTokenSource.CreateLinkedTokenSource(daemonStopping);
+    }
+
+    private Job(Guid id, JobCommand command, DomainObject domain, DateTimeOffset createdAt, JobStatus status) : base(command.Kind, domain, createdAt, id)
+    {
+        Command = command;
+        _status = status;
+        _finished.TrySetResult();
     }
 
     /// <summary>What the job does, as the request gave it.</summary>
@@ -85,7 +93,7 @@ public sealed class Job : GateTicket
     internal IVmInstance? Signalled { get; set; }
     internal DateTimeOffset SignalledAt { get; set; }
 
-    public CancellationToken Token => _cts.Token;
+    public CancellationToken Token => _cts?.Token ?? CancellationToken.None;
 
     private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
     /// <summary>Completes when the job reaches a final state.</summary>
@@ -94,13 +102,8 @@ public sealed class Job : GateTicket
     internal ITimer? WaitTimer;
 
     /// <summary>A job read back from the journal at start, already in its final state.</summary>
-    internal static Job Restored(Guid id, JobCommand command, DomainObject domain, DateTimeOffset createdAt, JobStatus status)
-    {
-        var job = new Job(command, domain, createdAt, CancellationToken.None) { Id = id };
-        job._status = status;
-        job.Complete();
-        return job;
-    }
+    internal static Job Restored(Guid id, JobCommand command, DomainObject domain, DateTimeOffset createdAt, JobStatus status) =>
+        new(id, command, domain, createdAt, status);
 
     /// <summary>Queued → running, once.</summary>
     internal bool TryStart(DateTimeOffset now) =>
@@ -118,7 +121,7 @@ public sealed class Job : GateTicket
     internal void Complete()
     {
         _finished.TrySetResult();
-        _cts.Dispose();
+        _cts?.Dispose();
     }
 
     private bool TryMove(JobState from, Func<JobStatus, JobStatus> next)
@@ -135,7 +138,7 @@ public sealed class Job : GateTicket
     {
         CancelReason ??= reason;
         SupersededBy ??= supersededBy;
-        try { _cts.Cancel(); }
+        try { _cts?.Cancel(); }
         catch (ObjectDisposedException) { /* finished meanwhile */ }
     }
 }

@@ -89,40 +89,57 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     /// <summary>Records written so far.</summary>
     public long Records => Interlocked.Read(ref _records);
 
-    /// <summary>Reads the journal. A torn or unreadable last line is cut off the file, so the next record starts on a line of its own.</summary>
+    /// <summary>
+    /// Reads the journal. A torn or unreadable last line is cut off the file, so the next record starts on a line of
+    /// its own; an unreadable line elsewhere is skipped and logged. Lines are parsed in parallel (a restart after a
+    /// long run reads a large file), then taken in order.
+    /// </summary>
     public JournalContents Load()
     {
         Directory.CreateDirectory(directory);
         if (!File.Exists(Path)) return new JournalContents([], 0, 0);
         var bytes = File.ReadAllBytes(Path);
-        var records = new List<JournalRecord>(Math.Max(16, bytes.Length / 160));
-        int torn = 0, unreadable = 0, start = 0, good = 0;
+        var lines = new List<(int Start, int Length)>(Math.Max(16, bytes.Length / 120));
+        var start = 0;
+        var torn = 0;
         while (start < bytes.Length)
         {
-            var end = Array.IndexOf(bytes, (byte)'\n', start);
+            var end = bytes.AsSpan(start).IndexOf((byte)'\n');
             if (end < 0)
             {
                 torn = 1; // no newline: the write that made it never finished
                 break;
             }
-            var line = bytes.AsSpan(start, end - start);
-            var record = Parse(line);
-            if (record is not null)
+            lines.Add((start, end));
+            start += end + 1;
+        }
+        var parsed = new JournalRecord?[lines.Count];
+        Parallel.For(0, lines.Count, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, () => 0, (i, _, n) =>
+        {
+            parsed[i] = Parse(bytes.AsSpan(lines[i].Start, lines[i].Length));
+            return n;
+        }, _ => { });
+        var records = new List<JournalRecord>(lines.Count);
+        var good = 0;
+        var unreadable = 0;
+        for (var i = 0; i < lines.Count; i++)
+        {
+            var end = lines[i].Start + lines[i].Length + 1;
+            if (parsed[i] is { } record)
             {
                 records.Add(record);
-                good = end + 1;
+                good = end;
             }
-            else if (end + 1 >= bytes.Length)
+            else if (i == lines.Count - 1 && torn == 0)
             {
-                torn = 1;
+                torn = 1; // a last line that does not parse: torn as well
             }
             else
             {
                 unreadable++;
-                good = end + 1;
-                log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, start);
+                good = end;
+                log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, lines[i].Start);
             }
-            start = end + 1;
         }
         if (good < bytes.Length)
         {

@@ -57,13 +57,13 @@ public sealed class JobRecovery
     /// </summary>
     public (IReadOnlyList<Job> Jobs, IReadOnlyList<JournalRecord> Ended) Resolve(DomainRegistry registry, EventBus bus, DateTimeOffset now)
     {
-        var ghosts = new Dictionary<Guid, DomainObject>();
+        var domains = new Dictionary<Guid, DomainObject>();
         var jobs = new List<Job>(_jobs.Count);
         var ended = new List<JournalRecord>();
         foreach (var e in _jobs)
         {
             var a = e.Accepted;
-            var domain = registry.Find(a.DomainUuid!.Value.ToString()) ?? Ghost(a, ghosts, bus);
+            var domain = Domain(a, registry, domains, bus);
             JobStatus status;
             if (e.Finished is { } f)
             {
@@ -90,14 +90,14 @@ public sealed class JobRecovery
         return (jobs, ended);
     }
 
-    /// <summary>A job's domain that is gone (undefined since): a stand-in that only names it.</summary>
-    private static DomainObject Ghost(JournalRecord accepted, Dictionary<Guid, DomainObject> ghosts, EventBus bus)
+    /// <summary>The job's domain; one that is gone (undefined since) gets a stand-in that only names it. Looked up once per domain.</summary>
+    private static DomainObject Domain(JournalRecord accepted, DomainRegistry registry, Dictionary<Guid, DomainObject> seen, EventBus bus)
     {
         var uuid = accepted.DomainUuid!.Value;
-        if (ghosts.TryGetValue(uuid, out var ghost)) return ghost;
-        ghost = new DomainObject(new DomainDefinition { Name = accepted.Domain!, Uuid = uuid, MemoryMiB = 16 },
+        if (seen.TryGetValue(uuid, out var known)) return known;
+        if (registry.Find(uuid.ToString()) is { } live) return seen[uuid] = live;
+        var ghost = new DomainObject(new DomainDefinition { Name = accepted.Domain!, Uuid = uuid, MemoryMiB = 16 },
             new RuntimeState(DomainState.ShutOff, "undefined", accepted.At), bus) { Removed = true };
-        ghosts[uuid] = ghost;
-        return ghost;
+        return seen[uuid] = ghost;
     }
 }
