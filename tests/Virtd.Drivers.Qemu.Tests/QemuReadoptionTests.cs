@@ -106,4 +106,47 @@ public class QemuReadoptionTests
             QemuHost.KillAll(run);
         }
     }
+    [Fact]
+    public async Task ADestroyRunningWhenTheDaemonIsKilled_EndsInterruptedWithTheVmsRealState_AndTheVmCanBeActedOnAtOnce()
+    {
+        QemuHost.RequireQemu();
+        var first = DaemonProcess.Start(QemuArgs);
+        var run = first.RunDirectory;
+        try
+        {
+            await first.WaitReadyAsync();
+            await first.Http.DefineAsync(new { name = "victim", memoryMiB = 64 });
+            Assert.Equal("succeeded", (await first.Http.ActAsync("victim", "start", wait: 60)).Str("state"));
+            var pid = (await first.Http.GetDomainAsync("victim")).GetProperty("pid").GetInt32();
+            // A stopped QEMU keeps the SIGTERM pending: the graceful destroy waits, running, when the daemon dies.
+            QemuHost.Signal(pid, "STOP");
+            var destroy = (await first.Http.ActAsync("victim", "destroy", new { graceful = true, timeout = 300 })).Id();
+            await first.Http.RunningJobAsync(destroy);
+
+            await first.KillAsync();
+            QemuHost.Signal(pid, "CONT"); // the pending SIGTERM ends it while no daemon watches
+            await QemuHost.WaitUntilAsync(() => !QemuHost.IsAlive(pid), $"QEMU {pid} to act on its pending SIGTERM");
+
+            await using var second = DaemonProcess.Start(QemuArgs, stateDirectory: first.StateDirectory, runDirectory: run);
+            await second.WaitReadyAsync();
+
+            var job = await second.Http.GetJobAsync(destroy);
+            var vm = await second.Http.GetDomainAsync("victim");
+            Assert.Equal("shut-off", vm.Str("state"));
+            Assert.Contains(job.Str("state"), new[] { "interrupted", "succeeded" });
+            if (job.Str("state") == "interrupted")
+            {
+                Assert.Equal("interrupted", job.GetProperty("error").Str("code"));
+                Assert.Equal("shut-off", job.GetProperty("result").Str("observedState"));
+            }
+            // Nothing of the killed daemon holds the domain: it starts at once.
+            Assert.Equal("succeeded", (await second.Http.ActAsync("victim", "start", wait: 60)).Str("state"));
+            Assert.Equal("succeeded", (await second.Http.ActAsync("victim", "destroy", wait: 30)).Str("state"));
+        }
+        finally
+        {
+            await first.DisposeAsync();
+            QemuHost.KillAll(run);
+        }
+    }
 }
