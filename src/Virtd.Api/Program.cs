@@ -34,6 +34,7 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 var app = builder.Build();
 app.UseIdleTracking();
 app.UseVirtdProblems();
+app.UseJsonCharset();
 app.UseShutdownGate();
 // Swagger UI's middleware matches paths with regexes: keep it off every other request's path. Anonymous: the
 // page holds no data, and its Authorize button takes a bearer token for the calls it makes.

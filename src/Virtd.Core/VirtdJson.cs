@@ -20,7 +20,14 @@ public static class VirtdJson
         return o;
     }
 
-    public static readonly JsonSerializerOptions Options = Configure(new JsonSerializerOptions());
+    public static readonly JsonSerializerOptions Options = Frozen(Configure(new JsonSerializerOptions()));
 
-    public static readonly JsonSerializerOptions Indented = Configure(new JsonSerializerOptions { WriteIndented = true });
+    public static readonly JsonSerializerOptions Indented = Frozen(Configure(new JsonSerializerOptions { WriteIndented = true }));
+
+    /// <summary>Read-only, with its resolver in place, so that its type metadata can be asked for before any (de)serialisation.</summary>
+    private static JsonSerializerOptions Frozen(JsonSerializerOptions o)
+    {
+        o.MakeReadOnly(populateMissingResolver: true);
+        return o;
+    }
 }

@@ -229,7 +229,15 @@ public sealed class TokenStore
 
     private void Commit(Snapshot next)
     {
-        Save(next); // on disk first: a failed write changes nothing
+        try { Save(next); } // on disk first: a failed write changes nothing
+        catch (DirectorySyncException e)
+        {
+            _log.LogError("token file written, but: {Error}", e.Message); // the file is replaced: the change stands
+        }
+        catch (IOException e) when (Core.Errors.VirtdException.IsDiskFull(e))
+        {
+            throw Core.Errors.VirtdException.InsufficientStorage("the token file could not be written");
+        }
         _snapshot = next;
     }
 

@@ -8,6 +8,7 @@ using Virtd.Core.Drivers;
 using Virtd.Core.Errors;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
+using Virtd.Core.Persistence;
 
 namespace Virtd.Api.Host;
 
@@ -32,7 +33,8 @@ public sealed record HostDto(
     DaemonDto Daemon,
     JobPoolDto Jobs,
     DomainCountsDto Domains,
-    int EventSubscribers);
+    int EventSubscribers,
+    IReadOnlyList<Quarantined> Quarantined);
 
 public sealed record HealthDto(string Status);
 
@@ -76,6 +78,7 @@ public static class HostApi
             new JobPoolDto(o.Workers, o.PriorityWorkers, scheduler.QueuedCount, scheduler.RunningCount, o.QueueLimit, o.PerDomainQueueLimit,
                 o.WaitTimeout.TotalSeconds, new JournalDto(o.Journal, journal.Records, journal.Fsyncs)),
             new DomainCountsDto(all.Count, running, paused),
-            bus.SubscriberCount));
+            bus.SubscriberCount,
+            svc.Quarantined));
     }
 }

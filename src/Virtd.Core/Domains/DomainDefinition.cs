@@ -60,10 +60,13 @@ public sealed record DomainDefinition
     /// <summary>Fault injection for the simulated driver; ignored by other drivers.</summary>
     public SimulationConfig? Simulation { get; init; }
 
-    /// <summary>Value equality over the lists too (records compare lists by reference).</summary>
+    /// <summary>
+    /// Value equality over the lists too (records compare lists by reference). A missing list (<c>null</c> in a file
+    /// written by hand) is an empty one.
+    /// </summary>
     public bool SameAs(DomainDefinition other) =>
         this with { Disks = [], Nics = [] } == other with { Disks = [], Nics = [] }
-        && Disks.SequenceEqual(other.Disks) && Nics.SequenceEqual(other.Nics);
+        && (Disks ?? []).SequenceEqual(other.Disks ?? []) && (Nics ?? []).SequenceEqual(other.Nics ?? []);
 }
 
 public sealed record BootConfig

@@ -25,8 +25,11 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
     public const int MaxNics = 16;
     public const int MaxSimulationDelayMs = 600_000;
 
-    public DomainDefinitionValidator(StoragePaths paths, int hostCpus)
+    /// <param name="paths">The storage pools files must lie in; null checks a definition's shape only (at load: a pool
+    /// that changed since must not make a stored domain disappear; its start checks the paths again).</param>
+    public DomainDefinitionValidator(StoragePaths? paths, int hostCpus)
     {
+        HostCpus = hostCpus;
         var maxVcpus = MaxVcpus(hostCpus);
 
         RuleFor(d => d.Name).NotEmpty().WithMessage("is required")
@@ -49,7 +52,7 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
             .Must(l => l is null || l.Count <= MaxDisks).WithMessage($"must have at most {MaxDisks} entries");
         RuleForEach(d => d.Disks).NotNull().WithMessage("must not be null").ChildRules(disk =>
         {
-            disk.RuleFor(x => x.Path).Custom((p, ctx) => Report(paths.Check(p), ctx));
+            if (paths is not null) disk.RuleFor(x => x.Path).Custom((p, ctx) => Report(paths.Check(p), ctx));
             disk.RuleFor(x => x.Format).IsInEnum();
             disk.RuleFor(x => x.Bus).IsInEnum();
         });
@@ -63,10 +66,11 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
 
         When(d => d.Boot is not null, () =>
         {
-            RuleFor(d => d.Boot!.Kernel).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Kernel is not null)
-                ;
-            RuleFor(d => d.Boot!.Initrd).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Initrd is not null)
-                ;
+            if (paths is not null)
+            {
+                RuleFor(d => d.Boot!.Kernel).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Kernel is not null);
+                RuleFor(d => d.Boot!.Initrd).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(d => d.Boot!.Initrd is not null);
+            }
             RuleFor(d => d.Boot!.Kernel).NotNull().WithMessage("is required when initrd or cmdline is given")
                 .When(d => d.Boot!.Initrd is not null || d.Boot!.Cmdline is not null);
             RuleFor(d => d.Boot!.Cmdline).MaximumLength(4096).WithMessage("must be at most 4096 characters")
@@ -82,11 +86,20 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
         });
     }
 
+    public int HostCpus { get; }
+
     public static int MaxVcpus(int hostCpus) => Math.Clamp(hostCpus * 4, 1, 256);
 
     private static void Report<T>(string? problem, ValidationContext<T> ctx)
     {
         if (problem is not null) ctx.AddFailure(problem);
+    }
+
+    /// <summary>Every rule a definition breaks, as one line (<c>memoryMiB: must be ...; disks[0].format: ...</c>), or null.</summary>
+    public string? Problem(DomainDefinition definition)
+    {
+        var result = Validate(definition);
+        return result.IsValid ? null : string.Join("; ", result.Errors.Select(e => $"{NormalisePath(e.PropertyName)}: {e.ErrorMessage}").Distinct());
     }
 
     /// <summary>Runs the rules and throws <c>validation-failed</c> with every field's messages.</summary>

@@ -37,10 +37,15 @@ public sealed class DomainService
         _time = time;
         _log = log;
         _configuredDriver = options.DefaultDriver;
+        _hostCpus = validator.HostCpus;
         _lifecycle.RestartRequested = RestartAfterExit;
     }
 
     private readonly DriverKind? _configuredDriver;
+    private readonly int _hostCpus;
+
+    /// <summary>The definitions set aside at start, with why (<c>GET /api/v1/host</c>).</summary>
+    public IReadOnlyList<Quarantined> Quarantined => _store.Quarantine;
 
     /// <summary>
     /// The driver a definition without one gets. Unset: QEMU when its driver is built in and found a usable
@@ -53,10 +58,14 @@ public sealed class DomainService
 
     public DomainObject Get(string id) => _registry.Find(id) ?? throw VirtdException.DomainNotFound(id);
 
-    /// <summary>Loads stored definitions into the registry (start-up, before any request).</summary>
-    public (int Loaded, IReadOnlyList<string> SetAside) Load()
+    /// <summary>
+    /// Loads stored definitions into the registry (start-up, before any request). A file that breaks a rule of a
+    /// definition's shape is set aside; its paths are checked again when it starts, not here.
+    /// </summary>
+    public (int Loaded, IReadOnlyList<Quarantined> SetAside) Load()
     {
-        var (loaded, setAside) = _store.Load();
+        var shape = new DomainDefinitionValidator(null, _hostCpus);
+        var (loaded, setAside) = _store.Load(shape.Problem);
         var now = _time.GetUtcNow();
         foreach (var def in loaded)
         {

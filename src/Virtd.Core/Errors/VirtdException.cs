@@ -41,6 +41,7 @@ public static class ErrorCodes
     public const string JournalUnavailable = "journal-unavailable";
     public const string IdempotencyKeyReused = "idempotency-key-reused";
     public const string IdempotencyKeyInFlight = "idempotency-key-in-flight";
+    public const string InsufficientStorage = "insufficient-storage";
 }
 
 /// <summary>
@@ -90,6 +91,14 @@ public class VirtdException(string code, int status, string title, string detail
     public static VirtdException MonitorTimeout(string domain, TimeSpan timeout) =>
         new(ErrorCodes.MonitorTimeout, 504, "Monitor timeout",
             $"the monitor of domain '{domain}' did not answer within {timeout.TotalSeconds:0.###} s");
+
+    /// <summary>507: the disk (or the quota) is full; nothing was half-written.</summary>
+    public static VirtdException InsufficientStorage(string what) =>
+        new(ErrorCodes.InsufficientStorage, 507, "Insufficient storage", $"{what}: the disk is full; nothing was changed")
+        { RetryAfterSeconds = 30 };
+
+    /// <summary>ENOSPC or EDQUOT: on Linux, .NET's IOException carries the errno as its HResult.</summary>
+    public static bool IsDiskFull(Exception e) => e is IOException { HResult: 28 or 122 };
 
     public static VirtdException HypervisorError(string detail) =>
         new(ErrorCodes.HypervisorError, 500, "Hypervisor error", detail);

@@ -279,7 +279,8 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
         {
             _file?.Dispose();
             _file = null;
-            AtomicFile.Write(Path, bytes.GetBuffer().AsSpan(0, (int)bytes.Length), durable: true, AtomicFile.OwnerOnly);
+            try { AtomicFile.Write(Path, bytes.GetBuffer().AsSpan(0, (int)bytes.Length), durable: true, AtomicFile.OwnerOnly); }
+            catch (DirectorySyncException e) { log.LogError("job journal {File} rewritten, but: {Error}", Path, e.Message); }
             _lastSnapshot = records.Count;
             _sinceCompaction = 0;
         }

@@ -86,6 +86,7 @@ public sealed class JobScheduler : IAsyncDisposable
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 Turn(job);
+                if (VirtdException.IsDiskFull(e)) throw VirtdException.InsufficientStorage("the job could not be written to the job journal");
                 throw new VirtdException(ErrorCodes.JournalUnavailable, 503, "Job journal unavailable",
                     $"the job was not queued because its record could not be written to the job journal: {e.Message}") { RetryAfterSeconds = 5 };
             }

@@ -13,6 +13,8 @@ public static class AtomicFile
     /// only need to survive the daemon's own crash, which the page cache does, and the VMs do not outlive the host.
     /// </param>
     /// <param name="mode">The new file's permissions (for secrets: owner read and write only); the umask's default when null.</param>
+    /// <exception cref="DirectorySyncException">The file was replaced but the directory's fsync failed: the change is
+    /// visible and may not survive a power loss. Callers report it; they do not undo.</exception>
     public static void Write(string path, ReadOnlySpan<byte> content, bool durable = true, UnixFileMode? mode = null)
     {
         var dir = Path.GetDirectoryName(path)!;
@@ -43,11 +45,15 @@ public static class AtomicFile
         SyncDirectory(Path.GetDirectoryName(path)!);
     }
 
+    /// <summary>fsync of a directory, so that a rename or unlink in it survives a power loss; throws <see cref="DirectorySyncException"/>.</summary>
     public static void SyncDirectory(string dir)
     {
         var fd = Open(dir, ORdOnly | ODirectory);
-        if (fd < 0) return;
-        try { _ = FSync(fd); }
+        if (fd < 0) throw new DirectorySyncException(dir, Marshal.GetLastPInvokeError());
+        try
+        {
+            if (FSync(fd) != 0) throw new DirectorySyncException(dir, Marshal.GetLastPInvokeError());
+        }
         finally { _ = Close(fd); }
     }
 
@@ -69,4 +75,11 @@ public static class AtomicFile
 
     [DllImport("libc", EntryPoint = "close")]
     private static extern int Close(int fd);
+}
+
+/// <summary>A directory's fsync failed (errno in <see cref="Exception.HResult"/>): what was renamed or removed in it is done, but may not be durable.</summary>
+public sealed class DirectorySyncException(string directory, int errno)
+    : IOException($"fsync of directory {directory} failed (errno {errno}): the change was made but may not survive a power loss", errno)
+{
+    public string Directory { get; } = directory;
 }
