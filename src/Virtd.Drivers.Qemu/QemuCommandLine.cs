@@ -7,14 +7,15 @@ namespace Virtd.Drivers.Qemu;
 public sealed record QemuPaths(string Monitor, string Status, string Log, string Console)
 {
     /// <summary>
-    /// Monitor socket and status file under the run directory, named by UUID (short and unique: socket
-    /// paths are limited to 108 bytes); logs under the state directory, named by domain.
+    /// Every file is named by the domain's UUID: the monitor socket and status file under the run directory (short and
+    /// unique: socket paths are limited to 108 bytes), the logs under the state directory. A name would let domain
+    /// <c>x.console</c> write into the log of domain <c>x</c>'s console.
     /// </summary>
-    public static QemuPaths For(string runDirectory, string logDirectory, string name, Guid uuid) => new(
+    public static QemuPaths For(string runDirectory, string logDirectory, Guid uuid) => new(
         Path.Combine(runDirectory, $"{uuid:D}.qmp"),
         Path.Combine(runDirectory, $"{uuid:D}.status.json"),
-        Path.Combine(logDirectory, $"{name}.log"),
-        Path.Combine(logDirectory, $"{name}.console.log"));
+        Path.Combine(logDirectory, $"{uuid:D}.log"),
+        Path.Combine(logDirectory, $"{uuid:D}.console.log"));
 }
 
 /// <summary>

@@ -95,7 +95,7 @@ public sealed class QemuDriver : IHypervisorDriver
         var known = new HashSet<string>(StringComparer.Ordinal);
         foreach (var d in domains.Where(d => d.Driver == DriverKind.Qemu))
         {
-            var paths = PathsFor(d.Name, d.Uuid);
+            var paths = PathsFor(d.Uuid);
             known.Add(Path.GetFileName(paths.Status));
             known.Add(Path.GetFileName(paths.Monitor));
             if (!File.Exists(paths.Status))
@@ -150,14 +150,14 @@ public sealed class QemuDriver : IHypervisorDriver
         host.MarkStopped(d, StateReasons.DaemonDown);
     }
 
-    public QemuPaths PathsFor(string name, Guid uuid) => QemuPaths.For(_virtd.RunDirectory, LogDirectory, name, uuid);
+    public QemuPaths PathsFor(Guid uuid) => QemuPaths.For(_virtd.RunDirectory, LogDirectory, uuid);
 
     public async Task<IVmInstance> LaunchAsync(DomainObject domain, DomainDefinition definition, IVmEventSink sink, CancellationToken cancellationToken)
     {
         if (_binary is null || _caps is null || _watcher is null)
             throw new VirtdException(ErrorCodes.HypervisorUnavailable, 409, "Hypervisor unavailable", Info.Detail ?? "QEMU is not available");
         var uuid = domain.Uuid;
-        var paths = PathsFor(domain.Name, uuid);
+        var paths = PathsFor(uuid);
         DeleteQuietly(paths.Monitor); // a socket left by a QEMU killed with SIGKILL refuses connections
         var argv = QemuCommandLine.Build(_binary, definition with { Uuid = uuid }, paths, _accel, Options.Sandbox && _caps.Sandbox);
         QemuLog.Append(paths.Log, "starting: " + string.Join(' ', argv.Select(QuoteForLog)));
@@ -167,7 +167,11 @@ public sealed class QemuDriver : IHypervisorDriver
         var clock = Stopwatch.StartNew();
         int pid;
         try { pid = Linux.Spawn(argv, QemuCommandLine.Environment, paths.Log); }
-        catch (IOException e) { throw VirtdException.HypervisorError($"cannot start QEMU for domain '{domain.Name}': {e.Message}"); }
+        catch (IOException e)
+        {
+            _log.LogError("domain {Domain}: cannot start QEMU: {Error}", domain.Name, e.Message);
+            throw VirtdException.HypervisorError($"cannot start QEMU for domain '{domain.Name}': {VirtdException.Describe(e)} (the daemon's log has more)");
+        }
         // Our unreaped child cannot vanish, so the pidfd always opens.
         var pidfd = Linux.OpenPidfd(pid) ?? throw VirtdException.HypervisorError($"QEMU pid {pid} vanished before it could be watched");
         var startedAt = Time.GetUtcNow();

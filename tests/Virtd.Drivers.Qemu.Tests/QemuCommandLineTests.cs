@@ -5,7 +5,7 @@ namespace Virtd.Drivers.Qemu.Tests;
 public class QemuCommandLineTests
 {
     private static readonly Guid Uuid = Guid.Parse("0b6e2c52-6a2f-4d7e-9d6f-3f2b8d1c9a10");
-    private static readonly QemuPaths Paths = QemuPaths.For("/run/virtd", "/var/lib/virtd/log", "vm1", Uuid);
+    private static readonly QemuPaths Paths = QemuPaths.For("/run/virtd", "/var/lib/virtd/log", Uuid);
 
     private static DomainDefinition Def(Func<DomainDefinition, DomainDefinition>? change = null)
     {
@@ -34,7 +34,7 @@ public class QemuCommandLineTests
         Assert.Contains("-nodefaults", argv);
         Assert.Contains("-no-user-config", argv);
         Assert.Equal(["none"], ValuesOf(argv, "-display"));
-        Assert.Equal(["socket,id=monitor,path=/run/virtd/" + Uuid + ".qmp,server=on,wait=off", "file,id=console,path=/var/lib/virtd/log/vm1.console.log,append=on"],
+        Assert.Equal(["socket,id=monitor,path=/run/virtd/" + Uuid + ".qmp,server=on,wait=off", "file,id=console,path=/var/lib/virtd/log/" + Uuid + ".console.log,append=on"],
             ValuesOf(argv, "-chardev"));
         Assert.Equal(["chardev=monitor,mode=control"], ValuesOf(argv, "-mon"));
         Assert.Equal(["chardev:console"], ValuesOf(argv, "-serial"));
@@ -99,13 +99,13 @@ public class QemuCommandLineTests
     [Fact]
     public void Build_CommasInRunAndLogPaths_AreDoubled()
     {
-        var paths = QemuPaths.For("/run/a,server=off", "/log/b,c", "vm1", Uuid);
+        var paths = QemuPaths.For("/run/a,server=off", "/log/b,c", Uuid);
         var argv = QemuCommandLine.Build("/usr/bin/qemu-system-x86_64", Def(), paths, "tcg", sandbox: false);
 
         var chardevs = ValuesOf(argv, "-chardev").Select(SplitQemuOptions).ToList();
         Assert.Equal($"/run/a,server=off/{Uuid}.qmp", chardevs[0].Single(o => o.Key == "path").Value);
         Assert.Equal("on", chardevs[0].Single(o => o.Key == "server").Value);
-        Assert.Equal("/log/b,c/vm1.console.log", chardevs[1].Single(o => o.Key == "path").Value);
+        Assert.Equal($"/log/b,c/{Uuid}.console.log", chardevs[1].Single(o => o.Key == "path").Value);
     }
 
     [Fact]

@@ -125,6 +125,6 @@ public class QemuGuestTests
 
         Assert.Equal(("shut-off", "rebooted"), (d.Str("state"), d.Str("reason")));
         Assert.False(QemuHost.IsAlive(pid));
-        Assert.Equal(1, File.ReadAllText(Path.Combine(q.LogDirectory, "guest.console.log")).Split('\n').Count(l => l.Contains(TestGuest.ReadyLine)));
+        Assert.Equal(1, File.ReadAllText(TestGuest.ConsoleLog(q.LogDirectory, d.GetProperty("uuid").GetGuid())).Split('\n').Count(l => l.Contains(TestGuest.ReadyLine)));
     }
 }

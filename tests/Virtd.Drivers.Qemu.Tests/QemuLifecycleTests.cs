@@ -233,4 +233,22 @@ public class QemuLifecycleTests
         var after = Directory.GetFiles("/proc/self/fd").Length;
         Assert.True(after - before < 5, $"{after - before} more descriptors open after 10 runs");
     }
+    [Fact]
+    public async Task LogFiles_AreNamedByUuid_SoDomainXConsoleCannotWriteIntoTheConsoleLogOfX()
+    {
+        await using var q = new QemuApp();
+        await q.DefineDisklessAsync("x");
+        await q.DefineDisklessAsync("x.console");
+        await q.StartAsync("x");
+        await q.StartAsync("x.console");
+
+        var x = (await q.Http.GetDomainAsync("x")).GetProperty("uuid").GetGuid();
+        var other = (await q.Http.GetDomainAsync("x.console")).GetProperty("uuid").GetGuid();
+
+        Assert.Contains("--- start of x ---", File.ReadAllText(TestGuest.ConsoleLog(q.LogDirectory, x)));
+        Assert.DoesNotContain("x.console", File.ReadAllText(TestGuest.ConsoleLog(q.LogDirectory, x)));
+        Assert.Contains("--- start of x.console ---", File.ReadAllText(TestGuest.ConsoleLog(q.LogDirectory, other)));
+        Assert.True(File.Exists(Path.Combine(q.LogDirectory, $"{other:D}.log")));
+        Assert.Empty(Directory.EnumerateFiles(q.LogDirectory, "x*"));
+    }
 }

@@ -73,7 +73,7 @@ public class QemuShutdownTests
             Assert.Equal("succeeded", (await daemon.Http.ActAsync("deaf", "start", wait: 60)).Str("state"));
             var guestPid = (await daemon.Http.GetDomainAsync("guest")).GetProperty("pid").GetInt32();
             var deafPid = (await daemon.Http.GetDomainAsync("deaf")).GetProperty("pid").GetInt32();
-            var console = Path.Combine(daemon.StateDirectory, "log", "guest.console.log");
+            var console = TestGuest.ConsoleLog(Path.Combine(daemon.StateDirectory, "log"), (await daemon.Http.GetDomainAsync("guest")).GetProperty("uuid").GetGuid());
             await QemuHost.WaitUntilAsync(() => File.Exists(console) && File.ReadAllText(console).Contains(TestGuest.ReadyLine), "the guest to be ready",
                 TimeSpan.FromSeconds(60));
 

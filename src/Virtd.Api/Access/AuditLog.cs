@@ -40,7 +40,7 @@ public sealed class AuditLog(string path, bool ownsFile, ILogger<AuditLog> log) 
             {
                 Close();
                 log.LogError("cannot write the audit log {File}: {Error}", Path, e.Message);
-                throw AccessErrors.AuditUnavailable(e.Message);
+                throw AccessErrors.AuditUnavailable(Core.Errors.VirtdException.Describe(e));
             }
         }
     }

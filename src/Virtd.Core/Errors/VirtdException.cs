@@ -97,6 +97,17 @@ public class VirtdException(string code, int status, string title, string detail
         new(ErrorCodes.InsufficientStorage, 507, "Insufficient storage", $"{what}: the disk is full; nothing was changed")
         { RetryAfterSeconds = 30 };
 
+    /// <summary>
+    /// What an I/O error was, for a client: the system's words for its errno ("No space left on device"), never
+    /// .NET's message, which names the host path.
+    /// </summary>
+    public static string Describe(Exception e) => e switch
+    {
+        IOException { HResult: > 0 and < 4096 } io => new System.ComponentModel.Win32Exception(io.HResult).Message,
+        UnauthorizedAccessException => "permission denied",
+        _ => "an I/O error",
+    };
+
     /// <summary>ENOSPC or EDQUOT: on Linux, .NET's IOException carries the errno as its HResult.</summary>
     public static bool IsDiskFull(Exception e) => e is IOException { HResult: 28 or 122 };
 

@@ -88,7 +88,7 @@ public sealed class JobScheduler : IAsyncDisposable
                 Turn(job);
                 if (VirtdException.IsDiskFull(e)) throw VirtdException.InsufficientStorage("the job could not be written to the job journal");
                 throw new VirtdException(ErrorCodes.JournalUnavailable, 503, "Job journal unavailable",
-                    $"the job was not queued because its record could not be written to the job journal: {e.Message}") { RetryAfterSeconds = 5 };
+                    $"the job was not queued because its record could not be written to the job journal: {VirtdException.Describe(e)}") { RetryAfterSeconds = 5 };
             }
             if (!_accepting)
             {
@@ -363,7 +363,8 @@ public sealed class JobScheduler : IAsyncDisposable
         {
             _log.LogError(e, "job {JobId} ({Kind}) on {Domain} failed unexpectedly", job.Id, job.Kind, job.Domain.Name);
             final = JobState.Failed;
-            error = JobError.Of(ErrorCodes.Internal, "Internal error", 500, $"unexpected error: {e.Message}");
+            // The exception is in the log with the job's id; the job's error says no more (no type names, no host paths).
+            error = JobError.Of(ErrorCodes.Internal, "Internal error", 500, $"an unexpected error ended job {job.Id}; it was logged with that id");
         }
         if (job.SupersededBy is not null && final != JobState.Superseded)
         {

@@ -74,7 +74,7 @@ internal static unsafe class Linux
 
                 int pid;
                 var rc = posix_spawn(&pid, argv[0], actions, attr, argvp, envp);
-                if (rc != 0) throw new IOException($"cannot start {argv[0]}: {Marshal.GetPInvokeErrorMessage(rc)}");
+                if (rc != 0) throw new IOException($"cannot start {argv[0]}: {Marshal.GetPInvokeErrorMessage(rc)}", rc);
                 return pid;
             }
             finally
@@ -93,7 +93,7 @@ internal static unsafe class Linux
 
         static void Check(int rc, string what)
         {
-            if (rc != 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(rc)}");
+            if (rc != 0) throw new IOException($"{what} failed: {Marshal.GetPInvokeErrorMessage(rc)}", rc);
         }
     }
 

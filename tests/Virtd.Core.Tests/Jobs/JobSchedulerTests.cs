@@ -265,4 +265,20 @@ public sealed class JobSchedulerTests
             Assert.Fail($"{wrong.Count} of {jobs.Count} jobs published out of order, e.g. {string.Join(" → ", events[wrong[0].Id].Select(e => e.Type))}");
         Assert.False(sub.Overflowed);
     }
+    [Fact]
+    public async Task AJobThatFailsUnexpectedly_SaysSoWithoutTypeNamesStackTracesOrHostPaths()
+    {
+        await using var h = new CoreHarness();
+        var d = await h.DefineAsync("oops");
+
+        var job = h.Submit(JobKind.Reset, d, (_, _) => throw new InvalidOperationException("Could not find file '/var/lib/virtd/secret/thing'"));
+        await CoreHarness.FinishedAsync(job);
+
+        Assert.Equal(JobState.Failed, job.State);
+        Assert.Equal("internal", job.Error!.Code);
+        Assert.Contains(job.Id.ToString(), job.Error.Detail);
+        Assert.DoesNotContain("/var/lib", job.Error.Detail);
+        Assert.DoesNotContain("Exception", job.Error.Detail);
+        Assert.DoesNotContain(" at ", job.Error.Detail);
+    }
 }

@@ -191,13 +191,16 @@ public static class TestGuest
     /// <summary>Waits until a line of the guest's serial console contains <paramref name="text"/> (<paramref name="times"/> lines); returns the console.</summary>
     public static async Task<string> WaitForLineAsync(QemuApp app, string name, string text, int times = 1)
     {
-        var console = Path.Combine(app.LogDirectory, $"{name}.console.log");
+        var console = ConsoleLog(app.LogDirectory, (await app.Http.GetDomainAsync(name)).GetProperty("uuid").GetGuid());
         await QemuHost.WaitUntilAsync(() => Console(console).Split('\n').Count(l => l.Contains(text, StringComparison.Ordinal)) >= times,
             $"{name} to print '{text}' {times} time(s)", TimeSpan.FromSeconds(60));
         return Console(console);
     }
 
-    private static string Console(string path)
+    /// <summary>A domain's serial console log: named by its UUID.</summary>
+    public static string ConsoleLog(string logDirectory, Guid uuid) => Path.Combine(logDirectory, $"{uuid:D}.console.log");
+
+    public static string Console(string path)
     {
         try
         {
