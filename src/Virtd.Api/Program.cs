@@ -6,6 +6,7 @@ using Virtd.Api.Host;
 using Virtd.Api.Hosting;
 using Virtd.Api.Jobs;
 
+StopSignals.Honour();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddVirtdCore(args);
 builder.AddQemuDriver();

@@ -262,7 +262,12 @@ public sealed class JobScheduler : IAsyncDisposable
             if (job.State == JobState.Queued)
             {
                 job.Domain.Gate.TryRemove(job);
-                Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError(reason));
+                if (Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError(reason)))
+                    _log.LogInformation("shutdown: job {JobId} ({Kind}) on {Domain} cancelled while queued", job.Id, job.Command.Name, job.Domain.Name);
+            }
+            else if (job.State == JobState.Running)
+            {
+                _log.LogInformation("shutdown: job {JobId} ({Kind}) on {Domain} running: its token is cancelled", job.Id, job.Command.Name, job.Domain.Name);
             }
         }
         try { _stopping.Cancel(); }
