@@ -116,7 +116,8 @@ public sealed record ShutdownCommand : JobCommand
     public const int DefaultTimeout = 60;
     public const int MaxTimeout = 3600;
 
-    /// <summary>Seconds to wait for the guest to power off (default 60, 0–3600).</summary>
+    /// <summary>Seconds to wait for the guest to power off (default 60, 0–3600). The wait holds no worker.</summary>
+    [System.ComponentModel.DataAnnotations.Range(0, MaxTimeout)]
     public int? Timeout { get; init; }
 
     /// <summary>On timeout, destroy instead of failing.</summary>
@@ -167,13 +168,20 @@ public sealed record DestroyCommand : JobCommand
     public DestroyCommand() : base(JobKind.Destroy) { }
 
     public const int DefaultTimeout = 10;
-    public const int MaxTimeout = 3600;
+    public const int MaxTimeout = 300;
 
     /// <summary>Never send SIGKILL: fail <c>destroy-timeout</c> if SIGTERM was not enough.</summary>
     public bool Graceful { get; init; }
 
-    /// <summary>Seconds between SIGTERM and SIGKILL (default 10, 0–3600).</summary>
+    /// <summary>
+    /// Seconds between SIGTERM and SIGKILL (default 10, 0–300). The wait holds no worker, and a destroy with an earlier
+    /// deadline that may send SIGKILL supersedes this one while it waits.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(0, MaxTimeout)]
     public int? Timeout { get; init; }
+
+    /// <summary>When this destroy, sent at <paramref name="signalledAt"/>, gives up waiting for SIGTERM.</summary>
+    public DateTimeOffset Deadline(DateTimeOffset signalledAt) => signalledAt + TimeSpan.FromSeconds(Timeout ?? DefaultTimeout);
 
     public override void Validate() => CheckSeconds("timeout", Timeout, MaxTimeout);
 
@@ -192,8 +200,7 @@ public sealed record DestroyCommand : JobCommand
             return new JobResult { Noop = true, State = view.Runtime.State };
         }
         if (!ReferenceEquals(job.Signalled, vm)) lifecycle.Terminate(job);
-        var timeout = TimeSpan.FromSeconds(Timeout ?? DefaultTimeout);
-        var stage = await lifecycle.TerminateAsync(d, vm, job, job.SignalledAt + timeout, Graceful, ct).ConfigureAwait(false);
+        var stage = await lifecycle.TerminateAsync(d, vm, job, Deadline(job.SignalledAt), Graceful, ct).ConfigureAwait(false);
         return await lifecycle.StoppedAsync(d, vm, stage).ConfigureAwait(false);
     }
 }

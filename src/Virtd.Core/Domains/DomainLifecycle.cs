@@ -77,7 +77,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
             log.LogWarning("domain {Domain}: ACPI power button failed ({Detail}); destroying it", d.Name, e.Detail);
             deadline = time.GetUtcNow();
         }
-        if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Acpi;
+        if (await WaitForExitAsync(vm, holder, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Acpi;
         if (!force) return null;
         log.LogWarning("domain {Domain}: not powered off within {Timeout}; destroying it", d.Name, acpiTimeout);
         holder.StopIntent = StopIntent.Destroy;
@@ -105,7 +105,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     /// <summary>SIGTERM has been sent: wait until <paramref name="deadline"/>, then SIGKILL unless graceful.</summary>
     internal async Task<StopStage> TerminateAsync(DomainObject d, IVmInstance vm, GateTicket holder, DateTimeOffset deadline, bool graceful, CancellationToken ct)
     {
-        if (await WaitForExitAsync(vm, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Sigterm;
+        if (await WaitForExitAsync(vm, holder, deadline - time.GetUtcNow(), ct).ConfigureAwait(false)) return StopStage.Sigterm;
         if (graceful)
         {
             holder.StopIntent = StopIntent.None;
@@ -115,7 +115,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         log.LogWarning("domain {Domain}: process {Pid} survived SIGTERM, sending SIGKILL", d.Name, vm.Pid);
         vm.Signal(VmSignal.Kill);
         // Past this point the VM is going down whatever the job's token says: confirm its death.
-        if (await WaitForExitAsync(vm, KillConfirmTimeout, CancellationToken.None).ConfigureAwait(false)) return StopStage.Sigkill;
+        if (await WaitForExitAsync(vm, holder, KillConfirmTimeout, CancellationToken.None).ConfigureAwait(false)) return StopStage.Sigkill;
         throw VirtdException.HypervisorError($"process {vm.Pid} of domain '{d.Name}' did not exit within {KillConfirmTimeout.TotalSeconds} s of SIGKILL");
     }
 
@@ -125,10 +125,12 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         return new JobResult { StoppedBy = stage, State = d.Runtime.State };
     }
 
-    private async Task<bool> WaitForExitAsync(IVmInstance vm, TimeSpan timeout, CancellationToken ct)
+    /// <summary>Waits for the VM to exit, up to <paramref name="timeout"/>; a job waiting so lets its worker go meanwhile.</summary>
+    private async Task<bool> WaitForExitAsync(IVmInstance vm, GateTicket holder, TimeSpan timeout, CancellationToken ct)
     {
         if (vm.Exited.IsCompleted) return true;
         if (timeout <= TimeSpan.Zero) return false;
+        (holder as Job)?.ReleaseWorker();
         try
         {
             await vm.Exited.WaitAsync(timeout, time, ct).ConfigureAwait(false);

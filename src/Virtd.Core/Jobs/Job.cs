@@ -101,6 +101,14 @@ public sealed class Job : GateTicket
 
     internal ITimer? WaitTimer;
 
+    private readonly TaskCompletionSource _workerReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes when the job only waits for its VM and no longer needs its worker.</summary>
+    internal Task WorkerReleased => _workerReleased.Task;
+
+    /// <summary>The job is about to wait for its VM (and nothing else): its worker may take other jobs meanwhile.</summary>
+    internal void ReleaseWorker() => _workerReleased.TrySetResult();
+
     /// <summary>A job read back from the journal at start, already in its final state.</summary>
     internal static Job Restored(Guid id, JobCommand command, DomainObject domain, DateTimeOffset createdAt, JobStatus status) =>
         new(id, command, domain, createdAt, status);

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Virtd.Core.Configuration;
@@ -143,6 +144,14 @@ public sealed class JobScheduler : IAsyncDisposable
         return job;
     }
 
+    /// <summary>
+    /// Whether a new destroy takes over from the destroy holding the gate: it may send SIGKILL and its deadline
+    /// comes first (the one running is graceful, or waits longer). Otherwise it waits behind it, as before.
+    /// </summary>
+    private bool Overtakes(Job destroy, Job running) =>
+        destroy.Command is DestroyCommand { Graceful: false } next && running.Command is DestroyCommand current
+        && (current.Graceful || next.Deadline(_time.GetUtcNow()) < current.Deadline(running.SignalledAt == default ? running.CreatedAt : running.SignalledAt));
+
     /// <summary>A job admitted but then turned away before it was queued.</summary>
     private void Turn(Job job)
     {
@@ -160,7 +169,7 @@ public sealed class JobScheduler : IAsyncDisposable
             PublishJob(EventTypes.JobQueued, job);
             var (isHolder, superseded, holder) = domain.Gate.EnqueueDestroy(job, now);
             foreach (var s in superseded) Finish(s, JobState.Queued, JobState.Superseded, null, SupersededError(s, job));
-            if (holder is Job { Priority: false } running)
+            if (holder is Job running && (!running.Priority || Overtakes(job, running)))
             {
                 if (running.State == JobState.Queued && Finish(running, JobState.Queued, JobState.Superseded, null, SupersededError(running, job)))
                     ReleaseGate(running);
@@ -277,10 +286,12 @@ public sealed class JobScheduler : IAsyncDisposable
     }
 
     /// <summary>Shutdown phase 2: waits for every worker loop to end (bounded by the caller's token).</summary>
-    public Task DrainAsync(CancellationToken cancellationToken)
+    public async Task DrainAsync(CancellationToken cancellationToken)
     {
         BeginShutdown();
-        return Task.WhenAll(_workers).WaitAsync(cancellationToken);
+        await Task.WhenAll(_workers).WaitAsync(cancellationToken).ConfigureAwait(false);
+        // The workers are done; jobs that let theirs go to wait for a VM end on their own (their tokens are cancelled).
+        await Task.WhenAll(_waiting.Keys).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
@@ -322,13 +333,29 @@ public sealed class JobScheduler : IAsyncDisposable
         if (job.State != JobState.Queued) job.WaitTimer.Dispose();
     }
 
+    /// <summary>
+    /// One worker: runs a job until it ends, or until it only waits for its VM (a guest's power-off, a process's death):
+    /// then the job goes on without a worker (it keeps the gate and its running state) and the worker takes the
+    /// next job. So a thousand guests ignoring the ACPI button hold no worker, and other domains' jobs still run.
+    /// </summary>
     private async Task WorkerLoop(ChannelReader<Job> reader)
     {
         await foreach (var job in reader.ReadAllAsync().ConfigureAwait(false))
         {
-            await RunAsync(job).ConfigureAwait(false);
+            var run = RunAsync(job);
+            await Task.WhenAny(run, job.WorkerReleased).ConfigureAwait(false);
+            if (run.IsCompleted) continue;
+            _waiting[run] = 0;
+            _ = run.ContinueWith(static (t, state) => ((ConcurrentDictionary<Task, byte>)state!).TryRemove(t, out _), _waiting,
+                CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
+
+    // Jobs that released their worker to wait for a VM, until they end: shutdown waits for them too.
+    private readonly ConcurrentDictionary<Task, byte> _waiting = new();
+
+    /// <summary>Jobs running without a worker right now (waiting for a VM).</summary>
+    public int WaitingCount => _waiting.Count;
 
     private async Task RunAsync(Job job)
     {
