@@ -78,3 +78,53 @@ public sealed class ExhaustionTests
         Assert.Equal(DomainState.ShutOff, h.Service.Get("stubborn").Runtime.State);
     }
 }
+
+/// <summary>What refused requests leave behind: nothing (each job's token source is freed on every path).</summary>
+[Collection(TimedCollection.Name)]
+public sealed class RefusalLeakTests
+{
+    [Fact]
+    public async Task HundredThousandRefusals_QueueFullAndDomainBusy_GrowTheHeapByLessThan5MiB()
+    {
+        await using var h = new CoreHarness(jobs: o =>
+        {
+            o.PerDomainQueueLimit = 16;
+            o.WaitTimeout = TimeSpan.FromSeconds(1);
+            o.RetentionCount = 1; // finished jobs are not what is measured
+        });
+        var d = await h.DefineRunningAsync("hung");
+        var holder = new BlockingRunner();
+        h.Submit(JobKind.Suspend, d, holder.Runner);
+        await holder.WaitStartedAsync();
+
+        async Task RefuseAsync(int rounds)
+        {
+            for (var r = 0; r < rounds; r++)
+            {
+                // 16 jobs queue behind the hung one and will time out (domain-busy); the next 34 are turned away (queue-full).
+                var queued = Enumerable.Range(0, 16).Select(_ => h.Service.Submit("hung", new ResetCommand())).ToList();
+                for (var i = 0; i < 34; i++) Assert.Throws<Errors.VirtdException>(() => h.Service.Submit("hung", new ResetCommand()));
+                await h.AdvanceWhenArmedAsync(TimeSpan.FromSeconds(1), timers: 16);
+                foreach (var j in queued) await CoreHarness.FinishedAsync(j);
+                Assert.All(queued, j => Assert.Equal("domain-busy", j.Error!.Code));
+            }
+        }
+
+        await RefuseAsync(100); // warm-up: pools, JIT, the event bus's ring
+        var before = Heap();
+        await RefuseAsync(2000); // 2,000 × (16 domain-busy + 34 queue-full) = 100,000 refusals
+        var grown = Heap() - before;
+
+        Console.WriteLine($"refusals: 100,000 (32,000 domain-busy, 68,000 queue-full): managed heap grew {grown / 1024.0:0} KiB");
+        Assert.True(grown < 5 * 1024 * 1024, $"the heap grew {grown / 1024.0 / 1024.0:0.0} MiB over 100,000 refusals");
+        holder.Release();
+    }
+
+    private static long Heap()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        return GC.GetTotalMemory(forceFullCollection: true);
+    }
+}
