@@ -251,4 +251,63 @@ public class QemuLifecycleTests
         Assert.True(File.Exists(Path.Combine(q.LogDirectory, $"{other:D}.log")));
         Assert.Empty(Directory.EnumerateFiles(q.LogDirectory, "x*"));
     }
+    [Fact]
+    public async Task AGracefulDestroysSigterm_TakingEffectAfterTheJobGaveUp_IsADestroyNeverACrash_AndOnCrashDoesNotRestart()
+    {
+        await using var q = new QemuApp();
+        await q.DefineDisklessAsync("late", new { onCrash = "restart" });
+        var pid = await q.StartAsync("late");
+        using var events = q.Subscribe("late");
+        QemuHost.Signal(pid, "STOP"); // the SIGTERM stays pending while the process is stopped
+
+        var graceful = await q.Http.ActAsync("late", "destroy", new { graceful = true, timeout = 1 }, wait: 30);
+        Assert.Equal("destroy-timeout", graceful.GetProperty("error").Str("code"));
+        Assert.Equal("running", await q.Http.StateOfAsync("late"));
+        QemuHost.Signal(pid, "CONT"); // now it dies of that SIGTERM
+
+        var d = await VirtdHttp.PollAsync(() => q.Http.GetDomainAsync("late"), d => d.Str("state") != "running", "the late SIGTERM to end it");
+        Assert.Equal("shut-off", d.Str("state"));
+        Assert.StartsWith($"destroyed: the SIGTERM of job {graceful.Id()}", d.Str("reason"));
+        Assert.Contains("stopped by sigterm", d.Str("reason"));
+        var ev = await NextLifecycleAsync(events, "destroyed");
+        Assert.Equal(graceful.Id(), ev.GetProperty("jobId").GetString());
+        // onCrash: restart did not apply: no start job was queued and the domain stays off.
+        var jobs = await (await q.Http.GetAsync("/api/v1/jobs?domain=late")).ReadJsonAsync();
+        Assert.Equal(1, jobs.GetProperty("items").EnumerateArray().Count(j => j.Str("kind") == "start"));
+        Assert.Equal("shut-off", await q.Http.StateOfAsync("late"));
+    }
+
+    [Fact]
+    public async Task ASuspendThatTimedOut_SaysItMayStillTakeEffect_AndWhenItDoesTheEventNamesIt()
+    {
+        await using var q = new QemuApp();
+        await q.DefineDisklessAsync("slowpoke");
+        var pid = await q.StartAsync("slowpoke");
+        using var events = q.Subscribe("slowpoke");
+        QemuHost.Signal(pid, "STOP"); // the monitor stops answering; the stop command waits in its socket
+
+        var suspend = await q.Http.ActAsync("slowpoke", "suspend", wait: 30);
+        Assert.Equal("monitor-timeout", suspend.GetProperty("error").Str("code"));
+        Assert.Contains("may still take effect", suspend.GetProperty("error").Str("detail"));
+        QemuHost.Signal(pid, "CONT");
+
+        var ev = await NextLifecycleAsync(events, "suspended");
+        Assert.Equal(suspend.Id(), ev.GetProperty("jobId").GetString());
+        Assert.Equal("paused", ev.Str("state"));
+        Assert.Equal("paused", await q.Http.StateOfAsync("slowpoke"));
+    }
+
+    /// <summary>The next domain.lifecycle event of <paramref name="name"/>, as JSON (the API's shape).</summary>
+    private static async Task<System.Text.Json.JsonElement> NextLifecycleAsync(Virtd.Core.Events.EventBus.Subscription events, string name)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            var remaining = deadline - DateTime.UtcNow;
+            if (remaining <= TimeSpan.Zero) Assert.Fail($"no '{name}' event within 30 s");
+            var e = await events.Reader.ReadAsync().AsTask().WaitAsync(remaining);
+            var json = System.Text.Json.JsonSerializer.SerializeToElement(e.Data, VirtdApplication.Json);
+            if (e.Type == "domain.lifecycle" && json.Str("event") == name) return json;
+        }
+    }
 }

@@ -38,7 +38,7 @@ public sealed record SuspendCommand : JobCommand
     }
 
     public override Task<JobResult> RunAsync(Job job, DomainLifecycle lifecycle, CancellationToken ct) =>
-        lifecycle.PauseOrResumeAsync(job.Domain, Name, DomainState.Running, DomainState.Paused, StateReasons.User, "suspended", vm => vm.PauseAsync(ct));
+        lifecycle.PauseOrResumeAsync(job, Name, DomainState.Running, DomainState.Paused, StateReasons.User, "suspended", vm => vm.PauseAsync(ct));
 }
 
 /// <summary>Resume a paused domain.</summary>
@@ -52,7 +52,7 @@ public sealed record ResumeCommand : JobCommand
     }
 
     public override Task<JobResult> RunAsync(Job job, DomainLifecycle lifecycle, CancellationToken ct) =>
-        lifecycle.PauseOrResumeAsync(job.Domain, Name, DomainState.Paused, DomainState.Running, StateReasons.Unpaused, "resumed", vm => vm.ResumeAsync(ct));
+        lifecycle.PauseOrResumeAsync(job, Name, DomainState.Paused, DomainState.Running, StateReasons.Unpaused, "resumed", vm => vm.ResumeAsync(ct));
 }
 
 /// <summary>Hard reset; the VM keeps running.</summary>

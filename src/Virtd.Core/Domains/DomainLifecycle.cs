@@ -26,6 +26,25 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         job.StopIntent = StopIntent.Destroy;
         job.Signalled = vm;
         job.SignalledAt = time.GetUtcNow();
+        SendTerm(vm, job);
+    }
+
+    /// <summary>
+    /// What virtd asked of a VM that may take effect after the job that asked has ended: a SIGTERM that a stopped
+    /// process keeps pending past a graceful destroy's timeout, a monitor command that QEMU runs after it timed out.
+    /// Kept with the VM (weakly: it goes with the VM), so that the late effect is told as what it is, and by whom.
+    /// </summary>
+    private sealed class Asked
+    {
+        public (Guid Job, DateTimeOffset At)? Sigterm;
+        public (Guid Job, DomainState Target)? Command;
+    }
+
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<IVmInstance, Asked> _asked = new();
+
+    private void SendTerm(IVmInstance vm, GateTicket by)
+    {
+        _asked.GetOrCreateValue(vm).Sigterm = (by.Id, time.GetUtcNow());
         vm.Signal(VmSignal.Term);
     }
 
@@ -39,14 +58,26 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         return new JobResult { State = d.Runtime.State };
     }
 
-    /// <summary>Suspend and resume: noop when already there, else the monitor command, then the new state.</summary>
-    internal async Task<JobResult> PauseOrResumeAsync(DomainObject d, string action, DomainState from, DomainState to, string reason,
+    /// <summary>
+    /// Suspend and resume: noop when already there, else the monitor command, then the new state. A command that timed
+    /// out is remembered: if the VM gets there later on its own, the event names <paramref name="job"/>.
+    /// </summary>
+    internal async Task<JobResult> PauseOrResumeAsync(Job job, string action, DomainState from, DomainState to, string reason,
         string lifecycleEvent, Func<IVmInstance, Task> command)
     {
+        var d = job.Domain;
         var view = d.View;
         if (view.Instance is not null && view.Runtime.State == to) return new JobResult { Noop = true, State = to };
         var vm = RequireRunning(d, action, from);
-        await command(vm).ConfigureAwait(false);
+        try
+        {
+            await command(vm).ConfigureAwait(false);
+        }
+        catch (VirtdException e) when (e.Code == ErrorCodes.MonitorTimeout)
+        {
+            _asked.GetOrCreateValue(vm).Command = (job.Id, to);
+            throw;
+        }
         d.Transition(vm, to, reason, lifecycleEvent, time.GetUtcNow());
         return new JobResult { State = d.Runtime.State };
     }
@@ -81,7 +112,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
         if (!force) return null;
         log.LogWarning("domain {Domain}: not powered off within {Timeout}; destroying it", d.Name, acpiTimeout);
         holder.StopIntent = StopIntent.Destroy;
-        vm.Signal(VmSignal.Term);
+        SendTerm(vm, holder);
         var killAt = time.GetUtcNow() + TimeSpan.FromSeconds(DestroyCommand.DefaultTimeout);
         return await TerminateAsync(d, vm, holder, killAt < killBy ? killAt : killBy, graceful: false, ct).ConfigureAwait(false);
     }
@@ -165,8 +196,17 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     internal void OnExited(DomainObject d, IVmInstance vm, VmExit exit)
     {
         var intent = d.Gate.StopIntent;
+        Guid? late = null;
+        if (intent == StopIntent.None && _asked.TryGetValue(vm, out var asked) && asked.Sigterm is { } term && EndedBySigterm(exit))
+        {
+            // Our own SIGTERM, kept pending (a stopped process) past the job that sent it: a destroy, late; never a crash.
+            intent = StopIntent.Destroy;
+            late = term.Job;
+        }
         var (state, reason, ev) = intent switch
         {
+            StopIntent.Destroy when late is { } j => (DomainState.ShutOff,
+                $"{StateReasons.Destroyed}: the SIGTERM of job {j}, which had given up, took effect late (stopped by sigterm)", "destroyed"),
             StopIntent.Destroy => (DomainState.ShutOff, StateReasons.Destroyed, "destroyed"),
             StopIntent.Shutdown when exit.Kind != VmExitKind.Crashed => (DomainState.ShutOff, StateReasons.Shutdown, "shutdown"),
             StopIntent.Restart => (DomainState.ShutOff, StateReasons.Rebooted, "stopped"),
@@ -178,7 +218,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
                 _ => (DomainState.Crashed, exit.Detail is null ? StateReasons.Crashed : $"{StateReasons.Crashed}: {exit.Detail}", "crashed"),
             },
         };
-        if (!d.Detach(vm, state, reason, ev, time.GetUtcNow())) return;
+        if (!d.Detach(vm, state, reason, ev, time.GetUtcNow(), late)) return;
         if (intent != StopIntent.None || d.Removed) return;
 
         var def = d.Definition;
@@ -195,6 +235,10 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
 
     private DateTimeOffset Now => time.GetUtcNow();
 
+    /// <summary>An end a SIGTERM makes: QEMU's own "host-signal" shutdown, death by signal 15, or a clean exit with no word why.</summary>
+    private static bool EndedBySigterm(VmExit exit) =>
+        exit.Kind == VmExitKind.HostSignal || exit is { Kind: VmExitKind.Crashed } and ({ Signal: 15 } or { ExitCode: 0 });
+
     public IVmEventSink Adopt(DomainObject domain, IVmInstance vm, DomainDefinition live, DomainState state, string reason, DateTimeOffset startedAt)
     {
         domain.Attach(vm, live, state, reason, StateReasons.Reconnecting, time.GetUtcNow(), startedAt);
@@ -210,8 +254,17 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     {
         public void OnExited(IVmInstance vm, VmExit exit) => owner.OnExited(domain, vm, exit);
 
-        public void OnStateChanged(IVmInstance vm, DomainState state, string reason, string lifecycleEvent) =>
-            domain.Transition(vm, state, reason, lifecycleEvent, owner.Now);
+        public void OnStateChanged(IVmInstance vm, DomainState state, string reason, string lifecycleEvent)
+        {
+            // A command that timed out and was run after all: the event names the job that sent it.
+            Guid? late = null;
+            if (owner._asked.TryGetValue(vm, out var asked) && asked.Command is { } c && c.Target == state)
+            {
+                late = c.Job;
+                asked.Command = null;
+            }
+            domain.Transition(vm, state, late is null ? reason : StateReasons.User, lifecycleEvent, owner.Now, late);
+        }
 
         public void OnStateObserved(IVmInstance vm, DomainState state, string reason, string lifecycleEvent) =>
             domain.Observe(vm, state, reason, lifecycleEvent, owner.Now);

@@ -97,8 +97,9 @@ public sealed class DomainObject
     /// Returns whether it changed.
     /// Only <see cref="Detach"/> makes a domain inactive.
     /// </summary>
-    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now) =>
-        Move(vm, state, reason, lifecycleEvent, now, reasonCounts: false);
+    /// <param name="jobId">The job whose command this change is, when it took effect after the job had ended (a late one).</param>
+    public bool Transition(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now, Guid? jobId = null) =>
+        Move(vm, state, reason, lifecycleEvent, now, reasonCounts: false, jobId);
 
     /// <summary>
     /// Records a state read from the hypervisor (re-adoption): like <see cref="Transition"/>, but a changed
@@ -107,7 +108,7 @@ public sealed class DomainObject
     public bool Observe(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now) =>
         Move(vm, state, reason, lifecycleEvent, now, reasonCounts: true);
 
-    private bool Move(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now, bool reasonCounts)
+    private bool Move(IVmInstance vm, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now, bool reasonCounts, Guid? jobId = null)
     {
         if (state is DomainState.ShutOff or DomainState.Crashed)
             throw new ArgumentException("an inactive state comes only with Detach", nameof(state));
@@ -118,7 +119,7 @@ public sealed class DomainObject
             if (same || !ReferenceEquals(_view.Instance, vm)) return false;
             var runtime = current with { State = state, Reason = reason, ChangedAt = now };
             _view = _view with { Runtime = runtime };
-            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent, jobId);
             return true;
         }
     }
@@ -141,14 +142,14 @@ public sealed class DomainObject
     /// The VM <paramref name="instance"/> has exited: detach it and move to an inactive state.
     /// Ignored when another instance has replaced it since (a late exit of an old run).
     /// </summary>
-    public bool Detach(IVmInstance instance, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now)
+    public bool Detach(IVmInstance instance, DomainState state, string reason, string lifecycleEvent, DateTimeOffset now, Guid? jobId = null)
     {
         lock (_sync)
         {
             if (!ReferenceEquals(_view.Instance, instance)) return false;
             var runtime = new RuntimeState(state, reason, now);
             _view = _view with { Runtime = runtime, Live = null, Instance = null };
-            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent);
+            PublishDomainEventLocked(EventTypes.DomainLifecycle, lifecycleEvent, jobId);
             return true;
         }
     }
@@ -173,10 +174,10 @@ public sealed class DomainObject
         }
     }
 
-    private void PublishDomainEventLocked(string type, string? lifecycleEvent)
+    private void PublishDomainEventLocked(string type, string? lifecycleEvent, Guid? jobId = null)
     {
         var r = _view.Runtime;
-        _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason), Uuid);
+        _bus.Publish(type, Name, new DomainEventData(Name, Uuid, lifecycleEvent, r.State, r.Reason, jobId), Uuid);
     }
 
     public static string ComputeETag(DomainDefinition definition)

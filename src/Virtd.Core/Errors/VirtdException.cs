@@ -90,7 +90,8 @@ public class VirtdException(string code, int status, string title, string detail
 
     public static VirtdException MonitorTimeout(string domain, TimeSpan timeout) =>
         new(ErrorCodes.MonitorTimeout, 504, "Monitor timeout",
-            $"the monitor of domain '{domain}' did not answer within {timeout.TotalSeconds:0.###} s");
+            $"the monitor of domain '{domain}' did not answer within {timeout.TotalSeconds:0.###} s. The command was sent and may still " +
+            "take effect if the hypervisor catches up: the domain's state will show it, and its domain.lifecycle event will name this job");
 
     /// <summary>507: the disk (or the quota) is full; nothing was half-written.</summary>
     public static VirtdException InsufficientStorage(string what) =>

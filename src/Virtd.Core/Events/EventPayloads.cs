@@ -9,7 +9,8 @@ public sealed record DomainEventData(
     Guid DomainUuid,
     string? Event = null,
     DomainState? State = null,
-    string? Reason = null);
+    string? Reason = null,
+    Guid? JobId = null);
 
 /// <summary>Payload of <c>job.*</c> events.</summary>
 public sealed record JobEventData(
