@@ -14,7 +14,7 @@ builder.AddSimulatedDriver();
 builder.AddIdleExit();
 builder.AddSystemd();
 builder.AddAccessControl();
-builder.WebHost.ConfigureKestrel(k => k.Limits.MaxRequestBodySize = VirtdHostingExtensions.MaxRequestBodyBytes);
+builder.AddRequestLimits();
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
     doc.Info.Title = "virtd";
@@ -28,7 +28,15 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         "401 `unauthenticated` (WWW-Authenticate: Bearer), 403 `forbidden` (names the role needed) or `csrf-rejected` (a " +
         "cookie-authenticated change not sent as application/json, or from another origin), 400 `host-not-allowed`, 429 " +
         "`rate-limited` after too many failed authentications from one address. Every change is written to the audit log " +
-        "first; when it cannot be, 503 `audit-unavailable` and nothing changes.";
+        "first; when it cannot be, 503 `audit-unavailable` and nothing changes.\n\n" +
+        "Limits (configuration section `Limits`): more domains than `Limits:Domains` (4096) gets 409 `quota-exceeded`; a start that " +
+        "would take the memory of running domains past `Limits:MemoryOvercommit` (1.5) × the host's RAM gets 409 " +
+        "`insufficient-resources`; more than `Limits:EventStreams` (1000) open event streams, or `Limits:EventStreamsPerIdentity` " +
+        "(100) of one caller, gets 429 `too-many-streams`; more than `Limits:RequestsPerSecond` requests in a second from one caller " +
+        "(token, Unix peer, else address; 0, the default, is no limit; /healthz and /readyz never count) gets 429 `rate-limited` with " +
+        "Retry-After. Lists come in pages: `?limit=` (default and most: `Limits:ListDefault`, 10000) and `?after=` with the `next` " +
+        "of the previous page, which a `Link: <…>; rel=\"next\"` header also gives. Bodies over 1 MiB get 413; request headers are " +
+        "limited to 64 and 32 KiB in all (Kestrel answers 431 without a body).";
     return Task.CompletedTask;
 }).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>().AddOperationTransformer<IdempotencyOpenApi>());
 
@@ -46,6 +54,7 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
     o.EnablePersistAuthorization();
 }));
 app.UseAccessControl();
+app.UseRequestRateLimit();
 app.UseIdempotencyBodies();
 app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
 app.MapHostApi();

@@ -17,6 +17,8 @@ public sealed class DaemonProcessTests
     [InlineData("--Events:HeartbeatSeconds", "0", "Events:HeartbeatSeconds")]
     [InlineData("--Events:SubscriberQueue", "0", "Events:SubscriberQueue")]
     [InlineData("--IdleTimeout", "00:00:00.500", "IdleTimeout")]
+    [InlineData("--Limits:Domains", "0", "Limits:Domains")]
+    [InlineData("--Limits:RequestsPerSecond", "-1", "Limits:RequestsPerSecond")]
     public async Task BadCommandLineValue_ExitsNonZeroNamingTheKey(string option, string value, string key)
     {
         await using var daemon = DaemonProcess.Start([option, value]);

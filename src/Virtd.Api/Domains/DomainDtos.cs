@@ -29,7 +29,8 @@ public sealed record DomainDto(
     }
 }
 
-public sealed record DomainListDto(int Count, IReadOnlyList<DomainDto> Items);
+/// <summary>A page of domains; <c>next</c> (absent on the last page) is the cursor for <c>?after=</c>.</summary>
+public sealed record DomainListDto(int Count, IReadOnlyList<DomainDto> Items, string? Next = null);
 
 /// <summary>A job as seen from a gate: the holder (since when) or a queued one (since it was queued).</summary>
 public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeOffset Since, double AgeSeconds)

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Virtd.Api.Errors;
 using Virtd.Api.Jobs;
+using Virtd.Core.Configuration;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 using Virtd.Core.Jobs;
@@ -16,7 +17,9 @@ public static class DomainsApi
     {
         var g = app.MapGroup("/api/v1/domains").WithTags("Domains");
 
-        g.MapGet("", ListDomains).WithName("ListDomains").WithSummary("List domains, optionally by state and driver")
+        g.MapGet("", ListDomains).WithName("ListDomains")
+            .WithSummary("List domains by name, optionally by state and driver; in pages of ?limit= (default and most: Limits:ListDefault), the next from ?after=<next>")
+            .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
             .Requires(Role.Reader).ProducesValidationProblem();
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
             .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503);
@@ -56,22 +59,45 @@ public static class DomainsApi
         return b;
     }
 
-    public static Ok<DomainListDto> ListDomains(string? state, string? driver, DomainService svc, TimeProvider time)
+    public static Ok<DomainListDto> ListDomains(string? state, string? driver, int? limit, string? after, HttpContext http,
+        DomainService svc, LimitsOptions limits, TimeProvider time)
     {
         var stateFilter = EnumText.ParseQuery<DomainState>("state", state);
         var driverFilter = EnumText.ParseQuery<DriverKind>("driver", driver);
+        var take = Paging.Limit(limit, limits);
+        var from = Paging.Position("domains", after);
         var list = svc.Registry.List();
         list.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
-        var items = new List<DomainDto>(list.Count);
-        var now = time.GetUtcNow();
-        foreach (var d in list)
+        var start = 0;
+        if (from is not null)
         {
+            // The first name after the cursor's (names are unique; the cursor's domain may be gone by now).
+            int lo = 0, hi = list.Count;
+            while (lo < hi)
+            {
+                var mid = (lo + hi) >>> 1;
+                if (string.CompareOrdinal(list[mid].Name, from) <= 0) lo = mid + 1; else hi = mid;
+            }
+            start = lo;
+        }
+        var items = new List<DomainDto>(Math.Min(take, list.Count - start));
+        var now = time.GetUtcNow();
+        string? next = null;
+        for (var i = start; i < list.Count; i++)
+        {
+            var d = list[i];
             var v = d.View;
             if (stateFilter is { } s && v.Runtime.State != s) continue;
             if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;
+            if (items.Count == take)
+            {
+                next = Paging.Cursor("domains", items[^1].Name);
+                Paging.Link(http, next);
+                break;
+            }
             items.Add(DomainDto.From(d, v, now));
         }
-        return TypedResults.Ok(new DomainListDto(items.Count, items));
+        return TypedResults.Ok(new DomainListDto(items.Count, items, next));
     }
 
     public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)

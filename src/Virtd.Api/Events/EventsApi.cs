@@ -28,7 +28,7 @@ public static class EventsApi
                 "from the resync's id. A frame with only `id:` moves the resume point; `:` lines are heartbeats. The Last-Event-ID header " +
                 "wins over ?lastEventId=.")
             .Produces(StatusCodes.Status200OK, typeof(string), ContentType)
-            .Requires(Role.Reader).Problems(400, 503);
+            .Requires(Role.Reader).Problems(400, 429, 503);
         return app;
     }
 
@@ -43,6 +43,7 @@ public static class EventsApi
         EventsOptions options,
         IHostApplicationLifetime life,
         DaemonStatus status,
+        StreamLimits limits,
         TimeProvider time,
         ILoggerFactory logs,
         CancellationToken ct)
@@ -58,6 +59,7 @@ public static class EventsApi
         // The stream ends when the daemon closes the bus (after the last events of shutdown phase 1) or, for a
         // client that does not read them, at the latest when the host stops waiting for requests.
 
+        using var slot = limits.Acquire(RequestLimits.Partition(http));
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, status.StreamsEnd);
         using var sub = bus.Subscribe(filter, after);
         http.Response.StatusCode = StatusCodes.Status200OK;

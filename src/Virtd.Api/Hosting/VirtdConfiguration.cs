@@ -10,7 +10,7 @@ public sealed class ConfigurationException(string message) : Exception(message);
 
 /// <summary>All options, bound and checked together.</summary>
 public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu,
-    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen)
+    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits)
 {
     /// <summary>
     /// The whole of shutdown phase 2: <c>ShutdownTimeout</c>, plus <c>Guests:OverallTimeout</c> when guests are shut down with the daemon.
@@ -42,13 +42,16 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             var security = new SecurityOptions();
             configuration.GetSection("Security").Bind(security);
             errors.AddRange(security.Validate());
+            var limits = new LimitsOptions();
+            configuration.GetSection("Limits").Bind(limits);
+            errors.AddRange(limits.Validate());
             var listen = new ListenerOptions();
             configuration.GetSection("Listen").Bind(listen);
             if (!security.AllowPlainHttpOnNetwork && ListenAddresses.PlainHttpOnNetwork(configuration) is var (key, url))
                 errors.Add($"{key}: {url} is plain HTTP on a network address, so tokens and session cookies would cross the network in clear text; " +
                            "use https:// (README: TLS), a loopback address or the Unix sockets, or set Security:AllowPlainHttpOnNetwork=true");
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
-            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests, security, listen);
+            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests, security, listen, limits);
         }
         catch (InvalidOperationException e)
         {

@@ -32,6 +32,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Limits);
         s.AddSingleton<GuestsOnStop>();
 
         s.AddSingleton<EventBus>();
@@ -46,6 +47,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
         s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
+        s.AddSingleton<ResourceLimits>();
         s.AddSingleton<DomainLifecycle>();
         s.AddSingleton<DomainService>();
         s.AddSingleton<DaemonStatus>();

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
 using Virtd.Core.Domains;
+using Virtd.Core.Configuration;
 using Virtd.Core.Errors;
 using Virtd.Core.Jobs;
 
@@ -28,7 +29,8 @@ public sealed record JobDto(
     }
 }
 
-public sealed record JobListDto(int Count, IReadOnlyList<JobDto> Items);
+/// <summary>A page of jobs, newest first; <c>next</c> (absent on the last page) is the cursor for <c>?after=</c>.</summary>
+public sealed record JobListDto(int Count, IReadOnlyList<JobDto> Items, string? Next = null);
 
 public static class JobsApi
 {
@@ -37,7 +39,8 @@ public static class JobsApi
     public static IEndpointRouteBuilder MapJobsApi(this IEndpointRouteBuilder app)
     {
         var g = app.MapGroup("/api/v1/jobs").WithTags("Jobs");
-        g.MapGet("", ListJobs).WithName("ListJobs").WithSummary("Recent jobs, newest first; filters domain, state; limit (default 100, ≤ 10000)")
+        g.MapGet("", ListJobs).WithName("ListJobs").WithSummary("Jobs, newest first; filters domain, state; in pages of ?limit= (default and most: Limits:ListDefault), the next from ?after=<next>")
+            .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
             .Requires(Role.Reader).Problems(400);
         g.MapGet("/{jobId}", GetJobAsync).WithName("GetJob").WithSummary("One job; ?wait=N long-polls up to N s (≤ 300) for it to finish")
             .Requires(Role.Reader).Problems(400, 404);
@@ -47,16 +50,36 @@ public static class JobsApi
         return app;
     }
 
-    public static Ok<JobListDto> ListJobs(string? domain, string? state, int? limit, JobStore store, DomainService svc)
+    public static Ok<JobListDto> ListJobs(string? domain, string? state, int? limit, string? after, HttpContext http,
+        JobStore store, DomainService svc, LimitsOptions limits)
     {
         var stateFilter = EnumText.ParseQuery<JobState>("state", state);
-        if (limit is < 1 or > 10_000) throw VirtdException.Validation("limit", "must be between 1 and 10000");
+        var take = Paging.Limit(limit, limits);
+        var from = Paging.Position("jobs", after) is { } position ? JobPosition(position) : default((long Ticks, Guid Id)?);
         Guid? uuid = null;
         if (domain is not null) uuid = svc.Registry.Find(domain)?.Uuid ?? (Guid.TryParse(domain, out var u) ? u : null);
         var jobs = store.List(j =>
             (domain is null || j.Domain.Name == domain || j.Domain.Uuid == uuid)
-            && (stateFilter is null || j.State == stateFilter), limit ?? 100);
-        return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList()));
+            && (stateFilter is null || j.State == stateFilter)
+            && (from is not { } f || JobStore.Compare(j, f.Ticks, f.Id) < 0), take + 1);
+        string? next = null;
+        if (jobs.Count > take)
+        {
+            jobs.RemoveAt(take);
+            var last = jobs[^1];
+            next = Paging.Cursor("jobs", $"{last.CreatedAt.UtcTicks}:{last.Id:N}");
+            Paging.Link(http, next);
+        }
+        return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList(), next));
+    }
+
+    private static (long Ticks, Guid Id) JobPosition(string position)
+    {
+        var colon = position.IndexOf(':');
+        if (colon > 0 && long.TryParse(position.AsSpan(0, colon), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ticks)
+            && Guid.TryParseExact(position.AsSpan(colon + 1), "N", out var id))
+            return (ticks, id);
+        throw VirtdException.Validation("after", "is not a cursor this list gave; pass the 'next' of the previous page unchanged");
     }
 
     public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, DaemonStatus life, CancellationToken ct)

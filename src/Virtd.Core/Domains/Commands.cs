@@ -9,11 +9,13 @@ public sealed record StartCommand : JobCommand
 {
     public StartCommand() : base(JobKind.Start) { }
 
-    public override void Check(DomainObject domain, DriverCatalog drivers)
+    public override void Check(DomainObject domain, DomainLifecycle lifecycle)
     {
         var state = domain.Runtime.State;
         if (state == DomainState.Paused) throw Refusal(domain, "it is paused; resume it instead");
-        if (!domain.Runtime.IsActive) drivers.Require(domain.Driver);
+        if (domain.Runtime.IsActive) return;
+        lifecycle.Drivers.Require(domain.Driver);
+        lifecycle.Limits?.CheckStart(domain);
     }
 
     public override async Task<JobResult> RunAsync(Job job, DomainLifecycle lifecycle, CancellationToken ct)
@@ -32,7 +34,7 @@ public sealed record SuspendCommand : JobCommand
 {
     public SuspendCommand() : base(JobKind.Suspend) { }
 
-    public override void Check(DomainObject domain, DriverCatalog drivers)
+    public override void Check(DomainObject domain, DomainLifecycle lifecycle)
     {
         if (domain.Runtime.State is DomainState.ShutOff or DomainState.Crashed) throw Refusal(domain, "it is not running");
     }
@@ -46,7 +48,7 @@ public sealed record ResumeCommand : JobCommand
 {
     public ResumeCommand() : base(JobKind.Resume) { }
 
-    public override void Check(DomainObject domain, DriverCatalog drivers)
+    public override void Check(DomainObject domain, DomainLifecycle lifecycle)
     {
         if (domain.Runtime.State is DomainState.ShutOff or DomainState.Crashed) throw Refusal(domain, "it is not running");
     }
@@ -60,7 +62,7 @@ public sealed record ResetCommand : JobCommand
 {
     public ResetCommand() : base(JobKind.Reset) { }
 
-    public override void Check(DomainObject domain, DriverCatalog drivers)
+    public override void Check(DomainObject domain, DomainLifecycle lifecycle)
     {
         if (domain.Runtime.State is DomainState.ShutOff or DomainState.Crashed) throw Refusal(domain, "it is not running");
     }
@@ -80,7 +82,7 @@ public sealed record RebootCommand : JobCommand
 {
     public RebootCommand() : base(JobKind.Reboot) { }
 
-    public override void Check(DomainObject domain, DriverCatalog drivers)
+    public override void Check(DomainObject domain, DomainLifecycle lifecycle)
     {
         var state = domain.Runtime.State;
         if (state != DomainState.Running) throw Refusal(domain, $"it is {DomainLifecycle.Describe(state)}");

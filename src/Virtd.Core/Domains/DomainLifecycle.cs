@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using Virtd.Core.Configuration;
 using Virtd.Core.Drivers;
 using Virtd.Core.Errors;
 using Virtd.Core.Jobs;
@@ -10,8 +11,13 @@ namespace Virtd.Core.Domains;
 /// contract of seed 001 (SIGTERM, wait, SIGKILL unless graceful) lives here once for every driver. Why a VM goes
 /// down is said by whoever holds its domain's gate (<see cref="JobGate.StopIntent"/>), never by the domain itself.
 /// </summary>
-public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, ILogger<DomainLifecycle> log) : IVmHost
+public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, ILogger<DomainLifecycle> log, ResourceLimits? limits = null) : IVmHost
 {
+    public DriverCatalog Drivers => drivers;
+
+    /// <summary>The host's limits (memory of active domains); none in tests that do not set them.</summary>
+    public ResourceLimits? Limits => limits;
+
     /// <summary>How long to wait for death after SIGKILL before calling it a hypervisor error.</summary>
     public static readonly TimeSpan KillConfirmTimeout = TimeSpan.FromSeconds(5);
 
@@ -51,6 +57,7 @@ public sealed class DomainLifecycle(DriverCatalog drivers, TimeProvider time, IL
     /// <summary>Launches the domain's VM and attaches it.</summary>
     internal async Task<JobResult> LaunchAsync(DomainObject d, DomainDefinition definition, CancellationToken ct)
     {
+        limits?.CheckStart(d); // again at run time: starts queued meanwhile may have taken the memory
         var driver = drivers.Require(definition.Driver ?? DriverKind.Simulated);
         var vm = await driver.LaunchAsync(d, definition, new Sink(this, d), ct).ConfigureAwait(false);
         d.Attach(vm, definition, DomainState.Running, StateReasons.Booted, "started", time.GetUtcNow());

@@ -25,11 +25,13 @@ public sealed class DomainRegistry
     /// Reserves the name and UUID slots for a new domain. On a clash returns false and the domain
     /// that holds the slot (possibly a reservation still in progress).
     /// </summary>
-    public bool TryReserve(DomainObject domain, out DomainObject? conflict)
+    /// <param name="limit">At most this many domains (reservations included): false, with no conflict, when full.</param>
+    public bool TryReserve(DomainObject domain, out DomainObject? conflict, int limit = int.MaxValue)
     {
         lock (_lock)
         {
             if (_byName.TryGetValue(domain.Name, out conflict) || _byUuid.TryGetValue(domain.Uuid, out conflict)) return false;
+            if (_byName.Count >= limit) return false;
             _byName.Add(domain.Name, domain);
             _byUuid.Add(domain.Uuid, domain);
             return true;

@@ -25,8 +25,10 @@ public sealed class DomainService
     private readonly ILogger<DomainService> _log;
 
     public DomainService(DomainRegistry registry, JobScheduler scheduler, DomainStore store, DomainDefinitionValidator validator,
-        DriverCatalog drivers, DomainLifecycle lifecycle, EventBus bus, VirtdOptions options, TimeProvider time, ILogger<DomainService> log)
+        DriverCatalog drivers, DomainLifecycle lifecycle, EventBus bus, VirtdOptions options, TimeProvider time, ILogger<DomainService> log,
+        ResourceLimits? limits = null)
     {
+        _limits = limits;
         _registry = registry;
         _scheduler = scheduler;
         _store = store;
@@ -42,6 +44,7 @@ public sealed class DomainService
     }
 
     private readonly DriverKind? _configuredDriver;
+    private readonly ResourceLimits? _limits;
     private readonly int _hostCpus;
 
     /// <summary>The definitions set aside at start, with why (<c>GET /api/v1/host</c>).</summary>
@@ -94,8 +97,9 @@ public sealed class DomainService
         };
         _validator.ValidateOrThrow(definition);
         var d = new DomainObject(definition, new RuntimeState(DomainState.ShutOff, StateReasons.Defined, _time.GetUtcNow()), _bus);
-        if (!_registry.TryReserve(d, out var conflict))
+        if (!_registry.TryReserve(d, out var conflict, _limits?.Options.Domains ?? int.MaxValue))
         {
+            if (conflict is null) throw _limits!.QuotaExceeded();
             var what = conflict!.Name == d.Name ? $"name '{d.Name}'" : $"UUID {d.Uuid} (domain '{conflict.Name}')";
             throw new VirtdException(ErrorCodes.DomainExists, 409, "Domain exists", $"a domain with {what} already exists");
         }
@@ -167,7 +171,7 @@ public sealed class DomainService
     public Task<Job> SubmitAsync(string id, JobCommand command, BeforeChange? before = null, IdempotencyKeys.Entry? key = null)
     {
         var d = Get(id);
-        command.Check(d, _drivers);
+        command.Check(d, _lifecycle);
         return _scheduler.SubmitAsync(command, d, before, key);
     }
 
@@ -175,7 +179,7 @@ public sealed class DomainService
     public Job Submit(string id, JobCommand command)
     {
         var d = Get(id);
-        command.Check(d, _drivers);
+        command.Check(d, _lifecycle);
         return _scheduler.Submit(command, d);
     }
 

@@ -42,6 +42,9 @@ public static class ErrorCodes
     public const string IdempotencyKeyReused = "idempotency-key-reused";
     public const string IdempotencyKeyInFlight = "idempotency-key-in-flight";
     public const string InsufficientStorage = "insufficient-storage";
+    public const string InsufficientResources = "insufficient-resources";
+    public const string QuotaExceeded = "quota-exceeded";
+    public const string TooManyStreams = "too-many-streams";
 }
 
 /// <summary>

@@ -39,7 +39,7 @@ public abstract record JobCommand
     /// At request time, against the domain as it is now: throws <c>invalid-state</c> (or <c>hypervisor-unavailable</c>)
     /// when the action cannot be done, so that the client hears it at once instead of from a failed job.
     /// </summary>
-    public virtual void Check(DomainObject domain, DriverCatalog drivers) { }
+    public virtual void Check(DomainObject domain, DomainLifecycle lifecycle) { }
 
     /// <summary>Once the job is admitted and before it can reach a worker (a destroy sends SIGTERM here).</summary>
     public virtual void Admitted(Job job, DomainLifecycle lifecycle) { }

@@ -44,9 +44,16 @@ public sealed class JobStore(JobsOptions options, TimeProvider time)
         Prune();
         var list = new List<Job>();
         foreach (var j in _jobs.Values) if (filter is null || filter(j)) list.Add(j);
-        list.Sort((a, b) => b.CreatedAt.CompareTo(a.CreatedAt));
+        list.Sort((a, b) => Compare(b, a.CreatedAt.UtcTicks, a.Id));
         if (list.Count > limit) list.RemoveRange(limit, list.Count - limit);
         return list;
+    }
+
+    /// <summary>The order of lists (newest first is descending): creation time, then id.</summary>
+    public static int Compare(Job job, long createdTicks, Guid id)
+    {
+        var c = job.CreatedAt.UtcTicks.CompareTo(createdTicks);
+        return c != 0 ? c : job.Id.CompareTo(id);
     }
 
     /// <summary>Jobs read back from the journal at start, all finished: kept by the same retention as any other.</summary>
