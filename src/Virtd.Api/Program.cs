@@ -38,7 +38,8 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         "of the previous page, which a `Link: <…>; rel=\"next\"` header also gives. Bodies over 1 MiB get 413; request headers are " +
         "limited to 64 and 32 KiB in all (Kestrel answers 431 without a body).";
     return Task.CompletedTask;
-}).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>().AddOperationTransformer<IdempotencyOpenApi>());
+}).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>().AddOperationTransformer<IdempotencyOpenApi>()
+    .AddDocumentTransformer<ProblemsOpenApi>().AddOperationTransformer<ProblemsOpenApi>());
 
 var app = builder.Build();
 app.UseIdleTracking();
@@ -56,7 +57,7 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
 app.UseAccessControl();
 app.UseRequestRateLimit();
 app.UseIdempotencyBodies();
-app.MapOpenApi("/openapi/{documentName}.json").AllowAnonymous();
+app.MapOpenApi("/openapi/v1.json").AllowAnonymous(); // one document: any other name is a problem+json 404
 app.MapHostApi();
 app.MapDomainsApi();
 app.MapJobsApi();

@@ -37,12 +37,12 @@ public static class TokensApi
             .Requires(Role.Admin);
         g.MapPost("", CreateToken).WithName("CreateToken")
             .WithSummary("Create an API token; the answer holds its secret, shown this once and stored nowhere (only its hash)")
-            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503);
+            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
         g.MapGet("/{name}", GetToken).WithName("GetToken").WithSummary("One API token, without its secret")
             .Requires(Role.Admin).Problems(404);
         g.MapDelete("/{name}", RevokeToken).WithName("RevokeToken")
             .WithSummary("Revoke a token and end its sessions: its very next request gets 401")
-            .Requires(Role.Admin).Audited(204).Problems(404, 503);
+            .Requires(Role.Admin).Audited(204).Problems(404, 503, 507);
         return app;
     }
 

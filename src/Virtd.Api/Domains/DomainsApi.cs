@@ -22,12 +22,12 @@ public static class DomainsApi
             .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
             .Requires(Role.Reader).ProducesValidationProblem();
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
-            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503);
+            .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
         g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
             .Requires(Role.Reader).Problems(404);
         g.MapPut("/{id}", UpdateDomainAsync).WithName("UpdateDomain")
             .WithSummary("Replace a definition; If-Match honoured; a running domain takes it at next start")
-            .Requires(Role.Admin).Audited(200).Problems(400, 404, 409, 412, 413, 415, 503);
+            .Requires(Role.Admin).Audited(200).Problems(400, 404, 409, 412, 413, 415, 503, 507);
         g.MapDelete("/{id}", UndefineDomainAsync).WithName("UndefineDomain").WithSummary("Undefine a domain (409 while active)")
             .Requires(Role.Admin).Audited(204).Problems(404, 409, 412, 503);
         g.MapGet("/{id}/gate", GetGate).WithName("GetDomainGate").WithSummary("Who holds the domain's job gate, since when, and what is queued")
@@ -51,7 +51,7 @@ public static class DomainsApi
 
     private static RouteHandlerBuilder ActionMetadata(this RouteHandlerBuilder b, string summary) =>
         b.WithSummary(summary + ". Answers 202 with the queued job; with ?wait=N (≤ 300 s) waits and answers 200 once it has finished.")
-            .Requires(Role.Operator).Idempotent().Audited(202).Problems(400, 404, 409, 429, 503);
+            .Requires(Role.Operator).Idempotent().Audited(202).Problems(400, 404, 409, 413, 429, 503, 507);
 
     internal static RouteHandlerBuilder Problems(this RouteHandlerBuilder b, params int[] statuses)
     {

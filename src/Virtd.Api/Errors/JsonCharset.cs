@@ -6,7 +6,8 @@ namespace Virtd.Api.Errors;
 /// <summary>
 /// JSON is UTF-8 (RFC 8259 §8.1). A JSON body that names its charset must name UTF-8, quoted or not
 /// (<c>charset="utf-8"</c> is a valid parameter); it is passed on as <c>charset=utf-8</c>. Any other charset, or one
-/// that is not a charset at all, gets 415 <c>unsupported-media-type</c> before anything reads the body.
+/// that is not a charset at all, gets 415 <c>unsupported-media-type</c> before anything reads the body (on the
+/// operations that take one).
 /// </summary>
 public static class JsonCharset
 {
@@ -14,6 +15,8 @@ public static class JsonCharset
     {
         var contentType = http.Request.ContentType;
         if (contentType is null || !contentType.Contains("charset", StringComparison.OrdinalIgnoreCase)) return next(http);
+        // Only where a body is read: a body sent to a GET, or to no route at all, is ignored, whatever its charset.
+        if (http.GetEndpoint()?.Metadata.GetMetadata<Microsoft.AspNetCore.Http.Metadata.IAcceptsMetadata>() is null) return next(http);
         if (!MediaTypeHeaderValue.TryParse(contentType, out var media) || !media.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase))
             return next(http);
         var charset = HeaderUtilities.RemoveQuotes(media.Charset).ToString();

@@ -45,6 +45,53 @@ public static class ErrorCodes
     public const string InsufficientResources = "insufficient-resources";
     public const string QuotaExceeded = "quota-exceeded";
     public const string TooManyStreams = "too-many-streams";
+
+    /// <summary>Every code, as the OpenAPI document lists them (a test keeps this list and the constants the same).</summary>
+    public static readonly IReadOnlyList<string> All =
+    [
+        ValidationFailed,
+        MalformedJson,
+        DomainNotFound,
+        JobNotFound,
+        DomainExists,
+        InvalidState,
+        DomainBusy,
+        DomainActive,
+        EtagMismatch,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        QueueFull,
+        ShuttingDown,
+        NotReady,
+        HypervisorUnavailable,
+        JobNotCancellable,
+        MonitorTimeout,
+        DestroyTimeout,
+        ShutdownTimeout,
+        HypervisorError,
+        Cancelled,
+        Superseded,
+        Internal,
+        NotFound,
+        MethodNotAllowed,
+        Unauthenticated,
+        Forbidden,
+        CsrfRejected,
+        RateLimited,
+        HostNotAllowed,
+        TokenExists,
+        TokenNotFound,
+        AuditUnavailable,
+        Interrupted,
+        DaemonRestart,
+        JournalUnavailable,
+        IdempotencyKeyReused,
+        IdempotencyKeyInFlight,
+        InsufficientStorage,
+        InsufficientResources,
+        QuotaExceeded,
+        TooManyStreams,
+    ];
 }
 
 /// <summary>
