@@ -18,7 +18,8 @@ public sealed class EventStreamTests(ITestOutputHelper output)
     public async Task TwoHundredSubscribers_EachReceiveEveryEventOfA1000ActionRun()
     {
         const int Subscribers = 200, Domains = 20, Actions = 1000;
-        await using var daemon = new KestrelVirtd(new Dictionary<string, string?>());
+        // One caller opens all 200 streams, more than Limits:EventStreamsPerIdentity allows by default.
+        await using var daemon = new KestrelVirtd(new Dictionary<string, string?> { ["Limits:EventStreamsPerIdentity"] = "256" });
         var baseAddress = daemon.Start();
         var bus = daemon.Services.GetRequiredService<EventBus>();
         using var handler = new SocketsHttpHandler { MaxConnectionsPerServer = Subscribers + 16 };
