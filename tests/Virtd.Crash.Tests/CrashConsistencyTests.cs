@@ -141,9 +141,10 @@ public sealed class CrashConsistencyTests(ITestOutputHelper output)
                     }
                 }
             }
-            catch (Exception e) when (e is HttpRequestException or OperationCanceledException or IOException)
+            catch (Exception e) when (e is HttpRequestException or OperationCanceledException or IOException or System.Net.Sockets.SocketException)
             {
-                // No answer: the daemon died under it. What it was doing stays unsure; the round is over for this client.
+                // No answer: the daemon died under it. (A kill between connect and the first byte can surface
+                // from SocketsHttpHandler as a bare SocketException, ENOTCONN from RemoteEndPoint.) What it was doing stays unsure; the round is over for this client.
                 return;
             }
         }
