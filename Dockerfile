@@ -11,6 +11,7 @@
 # README "TLS"). Clients that use another host name than localhost: add it with -e VIRTD_Security__Hostnames__0=NAME.
 # KVM (when the host has it): add --device /dev/kvm. Without it guests run under TCG. VMs are the
 # daemon's children in the container: they stop with it (use the host service for VMs that outlive it).
+# QEMU runs as the user virtd-qemu (made below) with no capabilities; disks reach it as open descriptors.
 
 FROM mcr.microsoft.com/dotnet/sdk:10.0-trixie-slim AS build
 WORKDIR /src
@@ -26,8 +27,9 @@ RUN dotnet publish src/Virtd.Api/Virtd.Api.csproj -c Release -o /app --no-restor
 
 FROM mcr.microsoft.com/dotnet/aspnet:10.0-trixie-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends qemu-system-x86 \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils util-linux \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --user-group virtd-qemu
 WORKDIR /app
 COPY --from=build /app ./
 ENV VIRTD_StateDirectory=/var/lib/virtd \

@@ -7,6 +7,15 @@ tmp=$(mktemp -d /tmp/virtd-bench.XXXXXX)
 
 die() { echo "bench/$bench: $*" >&2; exit 1; }
 
+# kill_vms RUN_DIRECTORY: SIGKILL every QEMU that the daemon of that run directory started (QEMU's argv names no
+# path; its environment carries VIRTD_RUN_DIRECTORY).
+kill_vms() {
+  local p
+  for p in /proc/[0-9]*; do
+    if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "VIRTD_RUN_DIRECTORY=$1"; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
+  done
+}
+
 bench_cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
@@ -15,7 +24,7 @@ bench_cleanup() {
     wait "$pid" 2>/dev/null || true
   fi
   # VMs outlive the daemon by design: end the ones this benchmark started.
-  pkill -KILL -f -- "$tmp/run/" 2>/dev/null || true
+  kill_vms "$tmp/run"
   rm -rf "$tmp"
 }
 trap bench_cleanup EXIT

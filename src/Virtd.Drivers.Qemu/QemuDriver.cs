@@ -26,9 +26,17 @@ public sealed class QemuDriver : IHypervisorDriver
     private ExitWatcher? _watcher;
     private string _accel = "tcg";
 
-    public QemuDriver(QemuOptions options, VirtdOptions virtd, TimeProvider time, ILogger<QemuDriver> log)
+    private readonly QemuImages _images;
+    private readonly StoragePaths _pools;
+    private QemuConfinement? _confinement;
+    private string? _confinementProblem;
+    private VmCgroups? _cgroups;
+
+    public QemuDriver(QemuOptions options, VirtdOptions virtd, QemuImages images, StoragePaths pools, TimeProvider time, ILogger<QemuDriver> log)
     {
         Options = options;
+        _images = images;
+        _pools = pools;
         _virtd = virtd;
         Time = time;
         _log = log;
@@ -46,7 +54,7 @@ public sealed class QemuDriver : IHypervisorDriver
     {
         get
         {
-            var problem = _binaryProblem ?? _probeProblem;
+            var problem = _binaryProblem ?? _confinementProblem ?? _probeProblem;
             var detail = problem ?? (_caps is null ? "QEMU found; not probed yet" : $"QEMU {_caps.Version}{(_caps.Package is { } p ? $" ({p})" : "")}");
             return new HypervisorInfo(DriverKind.Qemu, problem is null, _caps?.Version, detail, _vms.Count)
             {
@@ -54,6 +62,9 @@ public sealed class QemuDriver : IHypervisorDriver
                 Accelerator = _binary is null ? null : _accel,
                 Machines = _caps?.Machines.Where(m => m is "q35" or "pc").ToList(), // the machine types a definition can name
                 Sandbox = _caps is null ? null : _caps.Sandbox && Options.Sandbox,
+                Confinement = _confinement is null ? null
+                    : new Confinement(_confinement.User.Name, NoNewPrivs: true, Sandbox: _caps is not null && _caps.Sandbox && Options.Sandbox,
+                        _cgroups?.Status ?? "not set up yet"),
             };
         }
     }
@@ -64,6 +75,12 @@ public sealed class QemuDriver : IHypervisorDriver
         Directory.CreateDirectory(_virtd.RunDirectory);
         _watcher = new ExitWatcher(_log);
         _accel = QemuDiscovery.ChooseAccelerator(Options.Accel);
+        (_confinement, _confinementProblem) = QemuConfinement.Resolve(Options, _log);
+        _images.UseConfinement(_confinement, _confinementProblem);
+        if (_confinementProblem is not null) _log.LogError("QEMU driver unavailable: {Problem}", _confinementProblem);
+        else _log.LogInformation("QEMU runs as {User} (uid {Uid}) with no_new_privs{Caps}", _confinement!.User.Name, _confinement.User.Uid,
+            _confinement.SwitchUser ? ", no capabilities and no supplementary groups" : "");
+        _cgroups = VmCgroups.Setup("/proc/self/mountinfo", "/proc/self/cgroup", Environment.ProcessId, _log);
         // First take back what the previous daemon left running (from files, at once; even when QEMU itself is
         // gone now), so those VMs are watched while QEMU is probed.
         Readopt(domains, host);
@@ -154,26 +171,85 @@ public sealed class QemuDriver : IHypervisorDriver
 
     public async Task<IVmInstance> LaunchAsync(DomainObject domain, DomainDefinition definition, IVmEventSink sink, CancellationToken cancellationToken)
     {
-        if (_binary is null || _caps is null || _watcher is null)
+        if (_binary is null || _caps is null || _watcher is null || _confinement is null)
             throw new VirtdException(ErrorCodes.HypervisorUnavailable, 409, "Hypervisor unavailable", Info.Detail ?? "QEMU is not available");
+        if (Options.Sandbox && !_caps.Sandbox)
+            throw VirtdException.HypervisorError($"this QEMU ({_caps.Version}) cannot run guests under its seccomp sandbox, and Qemu:Sandbox is true: " +
+                "domain '" + domain.Name + "' is not started unconfined (set Qemu:Sandbox=false to allow that)");
         var uuid = domain.Uuid;
         var paths = PathsFor(uuid);
-        DeleteQuietly(paths.Monitor); // a socket left by a QEMU killed with SIGKILL refuses connections
-        var argv = QemuCommandLine.Build(_binary, definition with { Uuid = uuid }, paths, _accel, Options.Sandbox && _caps.Sandbox);
-        QemuLog.Append(paths.Log, "starting: " + string.Join(' ', argv.Select(QuoteForLog)));
-        QemuLog.Append(paths.Console, $"--- start of {domain.Name} ---");
-        var logOffset = QemuLog.Length(paths.Log);
 
-        var clock = Stopwatch.StartNew();
+        // Every disk's chain is checked (again, if any of its files changed) before anything is opened for QEMU.
+        var chains = new List<ImageChain>(definition.Disks.Count);
+        for (var i = 0; i < definition.Disks.Count; i++)
+        {
+            try { chains.Add(await _images.InspectAsync(definition.Disks[i], i, cancellationToken).ConfigureAwait(false)); }
+            catch (ImageProblem p) { throw ImageUnsafe(domain.Name, p.Message); }
+        }
+        var kernel = BootFile(domain.Name, "kernel", definition.Boot?.Kernel);
+        var initrd = BootFile(domain.Name, "initrd", definition.Boot?.Initrd);
+
+        DeleteQuietly(paths.Monitor); // a socket left by a QEMU killed with SIGKILL refuses connections
+        var opened = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>();
         int pid;
-        try { pid = Linux.Spawn(argv, QemuCommandLine.Environment, paths.Log); }
+        var clock = Stopwatch.StartNew();
+        IReadOnlyList<string> argv;
+        try
+        {
+            var monitor = Linux.ListenUnix(paths.Monitor);
+            opened.Add(monitor);
+            var console = Linux.Open(paths.Console, Linux.AppendFlags, 0b110_000_000);
+            opened.Add(console);
+            var diskHandles = new List<List<(Microsoft.Win32.SafeHandles.SafeFileHandle Handle, ImageLayer Layer, bool ReadOnly)>>();
+            for (var i = 0; i < chains.Count; i++)
+            {
+                var layers = new List<(Microsoft.Win32.SafeHandles.SafeFileHandle, ImageLayer, bool)>();
+                for (var j = 0; j < chains[i].Layers.Count; j++)
+                {
+                    var layer = chains[i].Layers[j];
+                    var readOnly = j > 0 || definition.Disks[i].ReadOnly;
+                    var handle = Linux.Open(layer.Path, readOnly ? Linux.ReadOnlyFlags : Linux.O_RDWR);
+                    opened.Add(handle);
+                    // The file opened is the file checked: a link swapped in between would lead elsewhere.
+                    var now = Users.Identify(handle);
+                    if (now is not { } id || id.Device != layer.Identity.Device || id.Inode != layer.Identity.Inode)
+                        throw ImageUnsafe(domain.Name, $"disk {i}: a file of its chain changed while it was being checked; start again");
+                    layers.Add((handle, layer, readOnly));
+                }
+                diskHandles.Add(layers);
+            }
+            // Descriptors go to numbers above every one the daemon holds, in the order argv names them.
+            var target = opened.Max(h => (int)h.DangerousGetHandle()) + 1;
+            var pass = new List<(int Source, int Target)>();
+            int Pass(Microsoft.Win32.SafeHandles.SafeFileHandle h)
+            {
+                pass.Add(((int)h.DangerousGetHandle(), target));
+                return target++;
+            }
+            var monitorFd = Pass(monitor);
+            var consoleFd = Pass(console);
+            var disks = diskHandles.Select(layers => (IReadOnlyList<QemuDiskLayer>)layers
+                .Select(l => new QemuDiskLayer(Pass(l.Handle), l.Layer.Format, l.ReadOnly)).ToList()).ToList();
+            argv = [.. _confinement.Prefix, .. QemuCommandLine.Build(_binary, definition with { Uuid = uuid },
+                new QemuFiles(monitorFd, consoleFd, disks, kernel, initrd), _accel, Options.Sandbox && _caps.Sandbox)];
+            QemuLog.Append(paths.Log, "starting: " + string.Join(' ', argv.Select(QuoteForLog)));
+            QemuLog.Append(paths.Console, $"--- start of {domain.Name} ---");
+            pid = Linux.Spawn(argv, [.. QemuCommandLine.Environment, QemuCommandLine.RunDirectoryVariable + "=" + _virtd.RunDirectory], paths.Log, pass);
+        }
         catch (IOException e)
         {
+            DeleteQuietly(paths.Monitor);
             _log.LogError("domain {Domain}: cannot start QEMU: {Error}", domain.Name, e.Message);
             throw VirtdException.HypervisorError($"cannot start QEMU for domain '{domain.Name}': {VirtdException.Describe(e)} (the daemon's log has more)");
         }
+        finally
+        {
+            foreach (var h in opened) h.Dispose(); // QEMU holds its own copies
+        }
+        var logOffset = QemuLog.Length(paths.Log);
         // Our unreaped child cannot vanish, so the pidfd always opens.
         var pidfd = Linux.OpenPidfd(pid) ?? throw VirtdException.HypervisorError($"QEMU pid {pid} vanished before it could be watched");
+        _cgroups?.Place(uuid, pid, (definition.MemoryMiB + (long)Options.MemoryOverheadMiB) * 1024 * 1024, Options.PidsMax, _log);
         var startedAt = Time.GetUtcNow();
         var vm = new QemuVm(this, domain.Name, definition, paths, pid, pidfd, logOffset, isChild: true, sink, _log);
         _vms[vm] = 0;
@@ -213,10 +289,28 @@ public sealed class QemuDriver : IHypervisorDriver
         }
     }
 
+    /// <summary>A kernel or initrd: resolved inside a pool at this start, and readable by the user QEMU runs as (QEMU reads it itself).</summary>
+    private string? BootFile(string domain, string what, string? path)
+    {
+        if (string.IsNullOrEmpty(path)) return null;
+        var real = _pools.Resolve(path) ?? throw ImageUnsafe(domain, $"the {what} is not a file inside a storage pool");
+        if (!Users.CanRead(_confinement!.User, real))
+            throw VirtdException.HypervisorError($"the {what} of domain '{domain}' cannot be read by {_confinement.User.Name}, the user QEMU runs as: " +
+                "make it and the directories above it readable by that user (README: Confinement)");
+        return real;
+    }
+
+    private static VirtdException ImageUnsafe(string domain, string why) =>
+        new(ErrorCodes.ImageUnsafe, 409, "Image unsafe", $"domain '{domain}' was not started: {why}");
+
     private static string QuoteForLog(string arg) =>
         arg.Length > 0 && arg.All(c => char.IsAsciiLetterOrDigit(c) || "-_=,./:+@".Contains(c)) ? arg : "'" + arg.Replace("'", "'\\''") + "'";
 
-    internal void Forget(QemuVm vm) => _vms.TryRemove(vm, out _);
+    internal void Forget(QemuVm vm)
+    {
+        _vms.TryRemove(vm, out _);
+        if (Guid.TryParse(Path.GetFileName(vm.Paths.Monitor).AsSpan(0, 36), out var uuid)) _cgroups?.Remove(uuid, _log);
+    }
 
     /// <summary>Phase 1: every VM's monitor loop and reconnect stop; the VMs themselves keep running.</summary>
     public void ShutdownPrepare()

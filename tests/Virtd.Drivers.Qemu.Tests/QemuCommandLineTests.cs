@@ -5,7 +5,7 @@ namespace Virtd.Drivers.Qemu.Tests;
 public class QemuCommandLineTests
 {
     private static readonly Guid Uuid = Guid.Parse("0b6e2c52-6a2f-4d7e-9d6f-3f2b8d1c9a10");
-    private static readonly QemuPaths Paths = QemuPaths.For("/run/virtd", "/var/lib/virtd/log", Uuid);
+    private static readonly QemuFiles Files = new(MonitorFd: 40, ConsoleFd: 41, Disks: []);
 
     private static DomainDefinition Def(Func<DomainDefinition, DomainDefinition>? change = null)
     {
@@ -13,8 +13,8 @@ public class QemuCommandLineTests
         return change is null ? d : change(d);
     }
 
-    private static IReadOnlyList<string> Build(DomainDefinition d, string accel = "tcg", bool sandbox = true) =>
-        QemuCommandLine.Build("/usr/bin/qemu-system-x86_64", d, Paths, accel, sandbox);
+    private static IReadOnlyList<string> Build(DomainDefinition d, string accel = "tcg", bool sandbox = true, QemuFiles? files = null) =>
+        QemuCommandLine.Build("/usr/bin/qemu-system-x86_64", d, files ?? Files, accel, sandbox);
 
     /// <summary>The value that follows <paramref name="option"/> each time it appears.</summary>
     private static List<string> ValuesOf(IReadOnlyList<string> argv, string option) =>
@@ -34,13 +34,15 @@ public class QemuCommandLineTests
         Assert.Contains("-nodefaults", argv);
         Assert.Contains("-no-user-config", argv);
         Assert.Equal(["none"], ValuesOf(argv, "-display"));
-        Assert.Equal(["socket,id=monitor,path=/run/virtd/" + Uuid + ".qmp,server=on,wait=off", "file,id=console,path=/var/lib/virtd/log/" + Uuid + ".console.log,append=on"],
-            ValuesOf(argv, "-chardev"));
+        // Nothing by path: the monitor is the inherited listening socket, the console an inherited log descriptor.
+        Assert.Equal(["socket,id=monitor,fd=40,server=on,wait=off", "file,id=console,path=/dev/fdset/1,append=on"], ValuesOf(argv, "-chardev"));
+        Assert.Equal(["fd=41,set=1"], ValuesOf(argv, "-add-fd"));
         Assert.Equal(["chardev=monitor,mode=control"], ValuesOf(argv, "-mon"));
         Assert.Equal(["chardev:console"], ValuesOf(argv, "-serial"));
         Assert.Equal([QemuCommandLine.SandboxOptions], ValuesOf(argv, "-sandbox"));
         Assert.Equal("-S", argv[^1]);
         Assert.Empty(ValuesOf(argv, "-drive"));
+        Assert.Empty(ValuesOf(argv, "-blockdev"));
         Assert.Empty(ValuesOf(argv, "-netdev"));
         Assert.DoesNotContain("-daemonize", argv);
     }
@@ -56,24 +58,70 @@ public class QemuCommandLineTests
     }
 
     [Fact]
-    public void Build_DisksAndNics_InOrderWithFormatBusAndReadOnly()
+    public void Build_DisksAndNics_AreExplicitBlockdevChainsFromInheritedDescriptors()
     {
+        var files = Files with
+        {
+            Disks =
+            [
+                [new QemuDiskLayer(50, "qcow2", false), new QemuDiskLayer(51, "raw", true)],
+                [new QemuDiskLayer(52, "raw", true)],
+            ],
+        };
         var argv = Build(Def(d => d with
         {
             Disks = [new DiskConfig { Path = "/img/a.qcow2", Format = DiskFormat.Qcow2 }, new DiskConfig { Path = "/img/b.iso", Bus = DiskBus.Sata, ReadOnly = true }],
             Nics = [new NicConfig { Mode = NicMode.User }, new NicConfig { Mode = NicMode.None }],
-        }));
+        }), files: files);
 
-        Assert.Equal(["file=/img/a.qcow2,format=qcow2,if=virtio,index=0,media=disk", "file=/img/b.iso,format=raw,if=ide,index=1,media=disk,readonly=on"],
-            ValuesOf(argv, "-drive"));
+        // Each descriptor in a set of its own; the base of a chain is declared first.
+        Assert.Equal(["fd=41,set=1", "fd=51,set=2", "fd=50,set=3", "fd=52,set=4"], ValuesOf(argv, "-add-fd"));
+        var nodes = ValuesOf(argv, "-blockdev").Select(j => System.Text.Json.JsonDocument.Parse(j).RootElement).ToList();
+        Assert.Equal(6, nodes.Count);
+        string? S(System.Text.Json.JsonElement e, string p) => e.TryGetProperty(p, out var v) && v.ValueKind == System.Text.Json.JsonValueKind.String ? v.GetString() : null;
+        Assert.Equal(("file", "/dev/fdset/2", "disk0-file1"), (S(nodes[0], "driver"), S(nodes[0], "filename"), S(nodes[0], "node-name")));
+        Assert.Equal(("raw", "disk0-file1", "disk0-format1"), (S(nodes[1], "driver"), S(nodes[1], "file"), S(nodes[1], "node-name")));
+        Assert.True(nodes[1].GetProperty("read-only").GetBoolean());
+        Assert.Equal(("qcow2", "disk0-file0", "disk0-format1"), (S(nodes[3], "driver"), S(nodes[3], "file"), S(nodes[3], "backing")));
+        Assert.False(nodes[3].GetProperty("read-only").GetBoolean());
+        Assert.Equal(("file", "/dev/fdset/4"), (S(nodes[4], "driver"), S(nodes[4], "filename")));
+        Assert.True(nodes[5].GetProperty("read-only").GetBoolean());
+        Assert.Empty(ValuesOf(argv, "-drive"));
+        Assert.Equal(["virtio-blk-pci,drive=disk0-format0,id=disk0", "ide-hd,drive=disk1-format0,id=disk1,bus=ide.0", "virtio-net-pci,netdev=net0,romfile="],
+            ValuesOf(argv, "-device"));
         Assert.Equal(["user,id=net0"], ValuesOf(argv, "-netdev"));
-        Assert.Equal(["virtio-net-pci,netdev=net0,romfile="], ValuesOf(argv, "-device"));
+        Assert.DoesNotContain(argv, a => a.Contains("/img/", StringComparison.Ordinal)); // no user path reaches QEMU
     }
 
     [Fact]
-    public void Build_KernelBoot_PassesKernelInitrdAndCmdlineAsWholeArguments()
+    public void Build_Qcow2WithoutBacking_SaysSoExplicitly()
     {
-        var argv = Build(Def(d => d with { Boot = new BootConfig { Kernel = "/img/k,1", Initrd = "/img/i=2", Cmdline = "console=ttyS0 quiet, panic=-1" } }));
+        var files = Files with { Disks = [[new QemuDiskLayer(50, "qcow2", false)]] };
+        var argv = Build(Def(d => d with { Disks = [new DiskConfig { Path = "/img/a.qcow2", Format = DiskFormat.Qcow2 }] }), files: files);
+
+        var format = System.Text.Json.JsonDocument.Parse(ValuesOf(argv, "-blockdev")[1]).RootElement;
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, format.GetProperty("backing").ValueKind); // never read from the header
+    }
+
+    [Fact]
+    public void Build_IdeDisksOnPc_FillTwoUnitsPerBus()
+    {
+        var files = Files with { Disks = [[new QemuDiskLayer(50, "raw", false)], [new QemuDiskLayer(51, "raw", false)], [new QemuDiskLayer(52, "raw", false)]] };
+        var argv = Build(Def(d => d with
+        {
+            Machine = MachineType.Pc,
+            Disks = [new DiskConfig { Path = "/a", Bus = DiskBus.Ide }, new DiskConfig { Path = "/b", Bus = DiskBus.Ide }, new DiskConfig { Path = "/c", Bus = DiskBus.Ide }],
+        }), files: files);
+
+        Assert.Equal(["ide-hd,drive=disk0-format0,id=disk0,bus=ide.0,unit=0", "ide-hd,drive=disk1-format0,id=disk1,bus=ide.0,unit=1", "ide-hd,drive=disk2-format0,id=disk2,bus=ide.1,unit=0"],
+            ValuesOf(argv, "-device"));
+    }
+
+    [Fact]
+    public void Build_KernelBoot_PassesTheResolvedKernelInitrdAndCmdlineAsWholeArguments()
+    {
+        var argv = Build(Def(d => d with { Boot = new BootConfig { Kernel = "/link/k", Initrd = "/link/i", Cmdline = "console=ttyS0 quiet, panic=-1" } }),
+            files: Files with { Kernel = "/img/k,1", Initrd = "/img/i=2" });
 
         Assert.Equal(["/img/k,1"], ValuesOf(argv, "-kernel"));
         Assert.Equal(["/img/i=2"], ValuesOf(argv, "-initrd"));
@@ -81,37 +129,21 @@ public class QemuCommandLineTests
     }
 
     [Theory]
-    [InlineData("/pool/a,format=qcow2,file.driver=ssh.img", "file=/pool/a,,format=qcow2,,file.driver=ssh.img,format=raw,if=virtio,index=0,media=disk")]
-    [InlineData("/pool/with space/x=y.img", "file=/pool/with space/x=y.img,format=raw,if=virtio,index=0,media=disk")]
-    [InlineData("/pool/,,,/end,", "file=/pool/,,,,,,/end,,,format=raw,if=virtio,index=0,media=disk")]
-    public void Build_CommasInAPath_AreDoubledSoTheyCannotAddOptions(string path, string expected)
+    [InlineData("vm,debug-threads=off")]
+    [InlineData("a,,b")]
+    public void Build_CommasInAName_AreDoubledSoTheyCannotAddOptions(string name)
     {
-        var argv = Build(Def(d => d with { Disks = [new DiskConfig { Path = path }] }));
+        var argv = Build(Def(d => d with { Name = name }));
 
-        var drive = Assert.Single(ValuesOf(argv, "-drive"));
-        Assert.Equal(expected, drive);
-        // Split the way QEMU does (",," is a literal comma): the first option is the whole path, nothing else is added.
-        var options = SplitQemuOptions(drive);
-        Assert.Equal(("file", path), options[0]);
-        Assert.Equal(["file", "format", "if", "index", "media"], options.Select(o => o.Key).ToArray());
-    }
-
-    [Fact]
-    public void Build_CommasInRunAndLogPaths_AreDoubled()
-    {
-        var paths = QemuPaths.For("/run/a,server=off", "/log/b,c", Uuid);
-        var argv = QemuCommandLine.Build("/usr/bin/qemu-system-x86_64", Def(), paths, "tcg", sandbox: false);
-
-        var chardevs = ValuesOf(argv, "-chardev").Select(SplitQemuOptions).ToList();
-        Assert.Equal($"/run/a,server=off/{Uuid}.qmp", chardevs[0].Single(o => o.Key == "path").Value);
-        Assert.Equal("on", chardevs[0].Single(o => o.Key == "server").Value);
-        Assert.Equal($"/log/b,c/{Uuid}.console.log", chardevs[1].Single(o => o.Key == "path").Value);
+        var options = SplitQemuOptions(Assert.Single(ValuesOf(argv, "-name")));
+        Assert.Equal(("guest", name), options[0]);
+        Assert.Equal(["guest", "debug-threads"], options.Select(o => o.Key).ToArray());
     }
 
     [Fact]
     public void Build_NeverAddsAnArgumentForSpacesInValues()
     {
-        var argv = Build(Def(d => d with { Boot = new BootConfig { Kernel = "/img/my kernel", Cmdline = "a b  c" } }));
+        var argv = Build(Def(d => d with { Boot = new BootConfig { Kernel = "/img/my kernel", Cmdline = "a b  c" } }), files: Files with { Kernel = "/img/my kernel" });
 
         Assert.Equal(["/img/my kernel"], ValuesOf(argv, "-kernel"));
         Assert.Equal(["a b  c"], ValuesOf(argv, "-append"));

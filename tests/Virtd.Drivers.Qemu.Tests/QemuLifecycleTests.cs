@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using System.Net.Http.Json;
 using Virtd.Testing;
 using Virtd.Core.Events;
 using Virtd.Drivers.Qemu.Tests.Support;
@@ -121,18 +122,32 @@ public class QemuLifecycleTests
     public async Task Start_ThatQemuRefuses_FailsWithQemusOwnError_AndLeavesNothingBehind()
     {
         await using var q = new QemuApp();
-        var image = q.App.CreateImage("not-really.qcow2", 1024 * 1024); // zeros: not a qcow2 image
-        var uuid = (await q.Http.DefineAsync(new { name = "bad", memoryMiB = 64, disks = new[] { new { path = image, format = "qcow2" } } })).Str("uuid");
+        // Zeros: no Linux boot header, and QEMU refuses to give an initrd to what it takes for an ancient kernel.
+        var kernel = q.App.CreateImage("not-a-kernel", 1024 * 1024);
+        var initrd = q.App.CreateImage("initrd", 4096);
+        var uuid = (await q.Http.DefineAsync(new { name = "bad", memoryMiB = 64, boot = new { kernel, initrd } })).Str("uuid");
 
         var job = await q.Http.ActAsync("bad", "start", wait: 30);
 
         Assert.Equal("failed", job.Str("state"));
         var error = job.GetProperty("error");
         Assert.Equal("hypervisor-error", error.Str("code"));
-        Assert.Contains("qcow2", error.Str("detail"));
+        Assert.Contains("kernel", error.Str("detail"));
         Assert.Equal("shut-off", await q.Http.StateOfAsync("bad"));
         Assert.Empty(QemuHost.FindAll(q.RunDirectory));
         Assert.False(File.Exists(Path.Combine(q.RunDirectory, $"{uuid}.status.json")));
+    }
+
+    [Fact]
+    public async Task Define_OfADiskThatIsNotItsFormat_Is400NamingTheDisk()
+    {
+        await using var q = new QemuApp();
+        var image = q.App.CreateImage("not-really.qcow2", 1024 * 1024); // zeros: not a qcow2 image
+
+        var r = await q.Http.PostAsJsonAsync("/api/v1/domains", new { name = "bad", memoryMiB = 64, disks = new[] { new { path = image, format = "qcow2" } } });
+
+        var problem = await r.AssertProblemAsync(System.Net.HttpStatusCode.BadRequest, "validation-failed");
+        Assert.Contains("not a valid qcow2 image", problem.FieldErrors()["disks[0]"][0]);
     }
 
     [Fact]

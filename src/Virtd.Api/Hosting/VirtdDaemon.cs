@@ -4,6 +4,7 @@ using Virtd.Core.Domains;
 using Virtd.Core.Drivers;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
+using Virtd.Core.Persistence;
 
 namespace Virtd.Api.Hosting;
 
@@ -24,6 +25,29 @@ public sealed class VirtdDaemon(
     private CancellationTokenRegistration _started;
     private Task? _stop;
 
+    /// <summary>
+    /// The modes of what the daemon keeps, set at every start whatever they were created with: the state directory and
+    /// the pools 0711 (QEMU's user may pass through to a kernel it is given, nobody may list), definitions, job journal
+    /// and logs 0700, the run directory 0755 (like /run/libvirt: everyone reaches the read-only socket). A run directory
+    /// that another user already owns is refused when the daemon is not root: its sockets would be that user's to replace.
+    /// </summary>
+    private void SetModes(VirtdConfiguration options)
+    {
+        var run = options.Virtd.RunDirectory;
+        if (Ownership.EffectiveUid != 0 && Directory.Exists(run) && Ownership.OwnerOf(run) is { } owner && owner != Ownership.EffectiveUid)
+            throw new ConfigurationException($"RunDirectory: {run} belongs to another user (uid {owner}); choose another directory or remove it");
+        Ownership.SetDirectoryMode(options.Virtd.StateDirectory, Ownership.Traversable);
+        Ownership.SetDirectoryMode(options.Virtd.DomainsDirectory, Ownership.Private);
+        Ownership.SetDirectoryMode(Path.Combine(options.Virtd.StateDirectory, "jobs"), Ownership.Private);
+        Ownership.SetDirectoryMode(Path.Combine(options.Virtd.StateDirectory, "log"), Ownership.Private);
+        Ownership.SetDirectoryMode(run, Ownership.Public);
+        foreach (var pool in options.Storage.Pools)
+        {
+            if (!Ownership.SetDirectoryMode(pool, Ownership.Traversable))
+                log.LogInformation("storage pool {Pool} belongs to another user: its mode is left as it is", pool);
+        }
+    }
+
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var total = Stopwatch.StartNew();
@@ -34,12 +58,7 @@ public sealed class VirtdDaemon(
 
         Stage("directories", () =>
         {
-            Directory.CreateDirectory(options.Virtd.StateDirectory);
-            Directory.CreateDirectory(options.Virtd.DomainsDirectory);
-            Directory.CreateDirectory(options.Virtd.RunDirectory);
-            // Traversable by everyone (like /run/libvirt), so that other users reach the read-only socket inside.
-            File.SetUnixFileMode(options.Virtd.RunDirectory, (UnixFileMode)0b111_101_101);
-            foreach (var pool in options.Storage.Pools) Directory.CreateDirectory(pool);
+            SetModes(options);
             return 0;
         });
         var (loaded, setAside) = Stage("definitions", domains.Load);

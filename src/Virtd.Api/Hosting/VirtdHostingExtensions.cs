@@ -30,7 +30,6 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Jobs);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Limits);
         s.AddSingleton<GuestsOnStop>();
@@ -68,6 +67,9 @@ public static class VirtdHostingExtensions
 
     public static IHostApplicationBuilder AddQemuDriver(this IHostApplicationBuilder builder)
     {
+        builder.Services.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
+        builder.Services.AddSingleton<QemuImages>();
+        builder.Services.AddSingleton<IImageChecker>(sp => sp.GetRequiredService<QemuImages>());
         builder.Services.AddSingleton<QemuDriver>();
         builder.Services.AddSingleton<IHypervisorDriver>(sp => sp.GetRequiredService<QemuDriver>());
         return builder;

@@ -26,9 +26,10 @@ public sealed class DomainService
 
     public DomainService(DomainRegistry registry, JobScheduler scheduler, DomainStore store, DomainDefinitionValidator validator,
         DriverCatalog drivers, DomainLifecycle lifecycle, EventBus bus, VirtdOptions options, TimeProvider time, ILogger<DomainService> log,
-        ResourceLimits? limits = null)
+        ResourceLimits? limits = null, IImageChecker? images = null)
     {
         _limits = limits;
+        _images = images;
         _registry = registry;
         _scheduler = scheduler;
         _store = store;
@@ -45,6 +46,7 @@ public sealed class DomainService
 
     private readonly DriverKind? _configuredDriver;
     private readonly ResourceLimits? _limits;
+    private readonly IImageChecker? _images;
     private readonly int _hostCpus;
 
     /// <summary>The definitions set aside at start, with why (<c>GET /api/v1/host</c>).</summary>
@@ -96,6 +98,7 @@ public sealed class DomainService
             Driver = definition.Driver ?? DefaultDriver,
         };
         _validator.ValidateOrThrow(definition);
+        await CheckImagesAsync(definition, ct).ConfigureAwait(false);
         var d = new DomainObject(definition, new RuntimeState(DomainState.ShutOff, StateReasons.Defined, _time.GetUtcNow()), _bus);
         if (!_registry.TryReserve(d, out var conflict, _limits?.Options.Domains ?? int.MaxValue))
         {
@@ -119,8 +122,15 @@ public sealed class DomainService
     }
 
     /// <summary>Replaces a definition. A running domain keeps what it runs until its next start (<c>pendingChanges</c>).</summary>
-    public Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct, BeforeChange? before = null) =>
-        UnderGateAsync(id, JobKind.Update, ifMatch, d =>
+    public async Task<DomainObject> UpdateAsync(string id, DomainDefinition definition, string? ifMatch, CancellationToken ct, BeforeChange? before = null)
+    {
+        // The disks' chains are read before the gate is taken (qemu-img may take a while); every start reads them again.
+        if (_registry.Find(id) is { } current && definition.Name == current.Name)
+        {
+            var candidate = definition with { Uuid = current.Uuid, Driver = definition.Driver ?? current.Definition.Driver };
+            if (_validator.Problem(candidate) is null) await CheckImagesAsync(candidate, ct).ConfigureAwait(false);
+        }
+        return await UnderGateAsync(id, JobKind.Update, ifMatch, d =>
         {
             if (definition.Name != d.Name)
                 throw VirtdException.Validation("name", $"cannot change the name (is '{d.Name}'); define a new domain instead");
@@ -135,7 +145,15 @@ public sealed class DomainService
                 d.SetDefinition(replacement); // publishes domain.updated
             }
             return d;
-        }, ct);
+        }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>400 <c>validation-failed</c> keyed by disk when the driver would refuse a disk's image chain.</summary>
+    private async Task CheckImagesAsync(DomainDefinition definition, CancellationToken ct)
+    {
+        if (_images is null || definition.Driver != DriverKind.Qemu || definition.Disks is not { Count: > 0 }) return;
+        if (await _images.CheckAsync(definition, ct).ConfigureAwait(false) is { Count: > 0 } errors) throw VirtdException.Validation(errors);
+    }
 
     public Task UndefineAsync(string id, string? ifMatch, CancellationToken ct, BeforeChange? before = null) =>
         UnderGateAsync(id, JobKind.Undefine, ifMatch, d =>

@@ -89,7 +89,17 @@ public sealed record HypervisorInfo(DriverKind Driver, bool Available, string? V
 
     /// <summary>Whether guests run under QEMU's seccomp sandbox.</summary>
     public bool? Sandbox { get; init; }
+
+    /// <summary>How guests are confined (QEMU): the user they run as, the sandbox, per-VM cgroups.</summary>
+    public Confinement? Confinement { get; init; }
 }
+
+/// <summary>How a driver's guests are confined.</summary>
+/// <param name="User">The user QEMU runs as.</param>
+/// <param name="NoNewPrivs">Started with no_new_privs, no capabilities and no supplementary groups.</param>
+/// <param name="Sandbox">Under QEMU's seccomp sandbox.</param>
+/// <param name="Cgroups">Per-VM cgroups: <c>memory.max</c> and <c>pids.max</c> under this cgroup, or why there are none.</param>
+public sealed record Confinement(string User, bool NoNewPrivs, bool Sandbox, string Cgroups);
 
 /// <summary>
 /// A hypervisor driver. Life: <see cref="InitializeAsync"/> at start (drivers in parallel);
@@ -138,4 +148,11 @@ public sealed class DriverCatalog(IEnumerable<IHypervisorDriver> drivers)
         var why = driver?.Info.Detail ?? $"no {kind.ToString().ToLowerInvariant()} driver is built into this daemon";
         throw new Errors.VirtdException(Errors.ErrorCodes.HypervisorUnavailable, 409, "Hypervisor unavailable", why);
     }
+}
+
+/// <summary>Checks what a driver would give the hypervisor of a definition's disks (QEMU: each image's whole chain).</summary>
+public interface IImageChecker
+{
+    /// <summary>Problems keyed by JSON path (<c>disks[0]</c>), or null when every disk is fine.</summary>
+    Task<IReadOnlyDictionary<string, string[]>?> CheckAsync(Domains.DomainDefinition definition, CancellationToken cancellationToken);
 }

@@ -45,6 +45,7 @@ public static class ErrorCodes
     public const string InsufficientResources = "insufficient-resources";
     public const string QuotaExceeded = "quota-exceeded";
     public const string TooManyStreams = "too-many-streams";
+    public const string ImageUnsafe = "image-unsafe";
 
     /// <summary>Every code, as the OpenAPI document lists them (a test keeps this list and the constants the same).</summary>
     public static readonly IReadOnlyList<string> All =
@@ -91,6 +92,7 @@ public static class ErrorCodes
         InsufficientResources,
         QuotaExceeded,
         TooManyStreams,
+        ImageUnsafe,
     ];
 }
 

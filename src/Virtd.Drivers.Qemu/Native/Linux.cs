@@ -39,7 +39,9 @@ internal static unsafe class Linux
     /// exit never reach it), stdin from /dev/null, stdout and stderr appended to <paramref name="logPath"/>,
     /// working directory <c>/</c>, default signal dispositions. No shell, no fork of the .NET process.
     /// </summary>
-    public static int Spawn(IReadOnlyList<string> argv, IReadOnlyList<string> environment, string logPath)
+    /// <param name="passFds">Open descriptors the child gets at fixed numbers (Source → Target): the daemon opens
+    /// every file and socket QEMU uses, so QEMU needs no access to any path. Targets must all be above every source.</param>
+    public static int Spawn(IReadOnlyList<string> argv, IReadOnlyList<string> environment, string logPath, IReadOnlyList<(int Source, int Target)>? passFds = null)
     {
         // glibc: posix_spawn_file_actions_t is 80 bytes, posix_spawnattr_t 336, sigset_t 128; leave room.
         var actions = NativeMemory.AllocZeroed(256);
@@ -53,8 +55,10 @@ internal static unsafe class Linux
             try
             {
                 Check(posix_spawn_file_actions_addopen(actions, 0, "/dev/null", O_RDONLY, 0), "addopen stdin");
-                Check(posix_spawn_file_actions_addopen(actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0b110_100_000), "addopen log");
+                Check(posix_spawn_file_actions_addopen(actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0b110_000_000), "addopen log");
                 Check(posix_spawn_file_actions_adddup2(actions, 1, 2), "adddup2 stderr");
+                // dup2 clears close-on-exec on the new number; the source (opened by .NET with O_CLOEXEC) closes at exec.
+                foreach (var (source, target) in passFds ?? []) Check(posix_spawn_file_actions_adddup2(actions, source, target), "adddup2 passed fd");
                 Check(posix_spawn_file_actions_addchdir_np(actions, "/"), "addchdir");
 
                 Check(sigemptyset(sigset), "sigemptyset");
@@ -151,6 +155,50 @@ internal static unsafe class Linux
 
     public static bool IsNoSuchFile(int errno) => errno == ENOENT;
 
+    public const int O_RDWR = 2;
+    private const int O_CLOEXEC = 0x80000, O_NOCTTY = 0x100;
+
+    /// <summary>open(2) with O_CLOEXEC (the descriptor reaches a child only through <see cref="Spawn"/>'s dup2).</summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle Open(string path, int flags, uint mode = 0)
+    {
+        var fd = open(path, flags | O_CLOEXEC | O_NOCTTY, mode);
+        if (fd < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot open {path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+        return new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>Flags of a log opened for appending (created if missing).</summary>
+    public const int AppendFlags = O_WRONLY | O_CREAT | O_APPEND;
+
+    public const int ReadOnlyFlags = O_RDONLY;
+
+    /// <summary>
+    /// A listening Unix socket bound at <paramref name="path"/> (mode 0600), close-on-exec; QEMU gets it as its monitor.
+    /// The daemon closes its own copy after the spawn; the file stays for the next daemon to connect to.
+    /// </summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle ListenUnix(string path)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(path);
+        if (bytes.Length >= 108) throw new IOException($"socket path {path} is longer than 107 bytes");
+        var fd = socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | O_CLOEXEC, 0);
+        if (fd < 0) throw new IOException($"socket failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        var addr = stackalloc byte[110];
+        *(ushort*)addr = 1;
+        bytes.CopyTo(new Span<byte>(addr + 2, 108));
+        if (bind(fd, addr, 2 + bytes.Length + 1) != 0 || listen(fd, 1) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            handle.Dispose();
+            throw new IOException($"cannot listen on {path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return handle;
+    }
+
     // ---- epoll and eventfd, for the exit watcher ----
 
     public const uint EPOLLIN = 1;
@@ -211,6 +259,10 @@ internal static unsafe class Linux
     }
 
     [DllImport("libc", SetLastError = true)] public static extern int close(int fd);
+    [DllImport("libc", SetLastError = true)] private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mode);
+    [DllImport("libc", SetLastError = true)] private static extern int socket(int domain, int type, int protocol);
+    [DllImport("libc", SetLastError = true)] private static extern int bind(int fd, void* addr, int len);
+    [DllImport("libc", SetLastError = true)] private static extern int listen(int fd, int backlog);
     [DllImport("libc", SetLastError = true)] private static extern nint read(int fd, void* buf, nint count);
     [DllImport("libc", SetLastError = true)] private static extern nint write(int fd, void* buf, nint count);
     [DllImport("libc", SetLastError = true)] private static extern int pidfd_open(int pid, uint flags);

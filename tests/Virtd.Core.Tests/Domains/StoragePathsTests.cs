@@ -84,7 +84,7 @@ public sealed class StoragePathsTests : IDisposable
     {
         File(_outside, "secret.img");
         var error = DiskError(_paths, _pool + "/../outside/secret.img");
-        Assert.Contains("outside every storage pool", error, StringComparison.Ordinal);
+        Assert.Contains("is not a file inside a storage pool", error, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -104,8 +104,10 @@ public sealed class StoragePathsTests : IDisposable
 
         var error = DiskError(_paths, link);
 
-        Assert.Contains("outside every storage pool", error, StringComparison.Ordinal);
-        Assert.Contains(secret, error, StringComparison.Ordinal);
+        Assert.Contains("is not a file inside a storage pool", error, StringComparison.Ordinal);
+        Assert.DoesNotContain(secret, error, StringComparison.Ordinal); // where the link leads is not told
+        var missing = Path.Combine(_outside, "no-such.img"); // the same words as for a path outside that does not exist
+        Assert.Equal(DiskError(_paths, missing)!.Replace(missing, link, StringComparison.Ordinal), error);
     }
 
     [Fact]
@@ -114,7 +116,7 @@ public sealed class StoragePathsTests : IDisposable
         File(_outside, "secret.img");
         Directory.CreateSymbolicLink(Path.Combine(_pool, "escape"), _outside);
 
-        Assert.Contains("outside every storage pool", DiskError(_paths, Path.Combine(_pool, "escape", "secret.img")), StringComparison.Ordinal);
+        Assert.Contains("is not a file inside a storage pool", DiskError(_paths, Path.Combine(_pool, "escape", "secret.img")), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -144,7 +146,7 @@ public sealed class StoragePathsTests : IDisposable
     public void Check_WhenFileIsInASiblingDirectoryWithThePoolAsPrefix_Rejects()
     {
         var sibling = Directory.CreateDirectory(_pool + "2").FullName;
-        Assert.Contains("outside every storage pool", DiskError(_paths, File(sibling, "a.img")), StringComparison.Ordinal);
+        Assert.Contains("is not a file inside a storage pool", DiskError(_paths, File(sibling, "a.img")), StringComparison.Ordinal);
     }
 
     [Fact]

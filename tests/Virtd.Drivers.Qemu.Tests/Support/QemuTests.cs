@@ -126,17 +126,20 @@ public static class QemuHost
         Assert.Equal(0, p.ExitCode);
     }
 
-    /// <summary>Pids of the QEMU processes whose command line mentions <paramref name="runDirectory"/>.</summary>
+    /// <summary>Pids of the QEMU processes started by the daemon of <paramref name="runDirectory"/> (its environment says so).</summary>
     public static List<int> FindAll(string runDirectory)
     {
         var pids = new List<int>();
+        var marker = $"{QemuCommandLine.RunDirectoryVariable}={runDirectory}";
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
         {
             if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
             var argv = Native.ProcFs.ReadCmdline(pid);
-            if (argv is { Count: > 0 } && argv[0].Contains("qemu-system", StringComparison.Ordinal)
-                && argv.Any(a => a.Contains(runDirectory + "/", StringComparison.Ordinal)) && IsAlive(pid))
-                pids.Add(pid);
+            if (argv is not { Count: > 0 } || !argv[0].Contains("qemu-system", StringComparison.Ordinal)) continue;
+            string[] environment;
+            try { environment = File.ReadAllText(Path.Combine(dir, "environ")).Split('\0'); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; } // gone meanwhile
+            if (environment.Contains(marker) && IsAlive(pid)) pids.Add(pid);
         }
         return pids;
     }
