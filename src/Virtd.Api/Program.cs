@@ -19,6 +19,11 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
     doc.Info.Title = "virtd";
     doc.Info.Version = "v1";
+    doc.Info.Contact = new Microsoft.OpenApi.OpenApiContact { Name = "virtd maintainers" };
+    // Served, the document names the server it came from; generated at build time there is no request: the server is
+    // then the one that serves the document (a relative URL), which is also what OpenAPI assumes when none is named.
+    if (doc.Servers is not { Count: > 0 })
+        doc.Servers = [new Microsoft.OpenApi.OpenApiServer { Url = "/", Description = "The daemon that serves this document (scripts/run: http://127.0.0.1:8470)" }];
     doc.Info.Description =
         "Manage QEMU virtual machines over REST. Actions are jobs: 202 + Location, or ?wait=N.\n\n" +
         "Access: over TCP every /api/v1 request needs `Authorization: Bearer <token>` (scheme `bearer`) or the dashboard's " +

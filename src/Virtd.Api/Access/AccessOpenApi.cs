@@ -38,7 +38,14 @@ internal sealed class AccessOpenApi : IOpenApiDocumentTransformer, IOpenApiOpera
 
     public Task TransformAsync(OpenApiOperation operation, OpenApiOperationTransformerContext context, CancellationToken cancellationToken)
     {
-        if (context.Description.ActionDescriptor.EndpointMetadata.OfType<RequiredRole>().LastOrDefault() is not { } required)
+        var metadata = context.Description.ActionDescriptor.EndpointMetadata;
+        if (metadata.OfType<Microsoft.AspNetCore.Authorization.IAllowAnonymous>().Any())
+        {
+            // As AccessPolicies.Needed reads it: anonymous wins over a role.
+            operation.Description = Describe(operation.Description, "Anonymous: needs no token or session.");
+            return Task.CompletedTask;
+        }
+        if (metadata.OfType<RequiredRole>().LastOrDefault() is not { } required)
             return Task.CompletedTask;
         var role = RoleText.Of(required.Role);
         operation.Security =
@@ -48,7 +55,11 @@ internal sealed class AccessOpenApi : IOpenApiDocumentTransformer, IOpenApiOpera
         ];
         operation.Extensions ??= new Dictionary<string, IOpenApiExtension>();
         operation.Extensions["x-virtd-role"] = new JsonNodeExtension(JsonValue.Create(role));
-        operation.Description = (operation.Description is { Length: > 0 } d ? d + "\n\n" : "") + $"Needs the **{role}** role.";
+        operation.Description = Describe(operation.Description, $"Needs the **{role}** role.");
         return Task.CompletedTask;
     }
+
+    /// <summary>The operation's own description, then what access it needs.</summary>
+    private static string Describe(string? description, string access) =>
+        (description is { Length: > 0 } d ? d + "\n\n" : "") + access;
 }
