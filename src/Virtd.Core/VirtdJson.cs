@@ -13,6 +13,9 @@ public static class VirtdJson
         o.DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull;
         o.Converters.Add(new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower, allowIntegerValues: false));
         o.UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow;
+        // A number is a JSON number: ASP.NET's web defaults also read "64" as 64, which made the OpenAPI document type
+        // every integer as ["integer", "string"] with a pattern, and a generated client type them as strings.
+        o.NumberHandling = JsonNumberHandling.Strict;
         o.RespectNullableAnnotations = false;
         o.AllowTrailingCommas = false;
         o.ReadCommentHandling = JsonCommentHandling.Disallow;

@@ -75,6 +75,7 @@ public sealed class RequestErrorTests
     [InlineData("{\"name\":\"x\",\"memoryMiB\":64,\"onCrash\":\"reboot\"}", "onCrash")]
     [InlineData("{\"name\":\"x\",\"memoryMiB\":64,\"driver\":1}", "driver")]
     [InlineData("{\"name\":\"x\",\"memoryMiB\":\"lots\"}", "memoryMiB")]
+    [InlineData("{\"name\":\"x\",\"memoryMiB\":\"64\"}", "memoryMiB")]
     [InlineData("{\"name\":\"x\",\"memoryMiB\":64,\"disks\":[{\"path\":\"/x\",\"format\":\"vmdk\"}]}", "disks[0].format")]
     [InlineData("{\"name\":\"x\",\"memoryMiB\":64,\"nics\":[{\"mode\":\"user\",\"model\":\"e1000\"}]}", "nics[0].model")]
     public async Task Define_UnknownEnumValueWrongTypeOrNestedUnknownField_Is400KeyedByPath(string body, string path)

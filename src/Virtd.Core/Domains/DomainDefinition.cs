@@ -1,3 +1,4 @@
+using System.ComponentModel;
 using System.Text.Json.Serialization;
 
 namespace Virtd.Core.Domains;
@@ -18,7 +19,9 @@ public enum LifecycleAction { Destroy, Restart }
 
 /// <summary>
 /// The persistent definition of a domain. Immutable: an update swaps the whole record.
-/// The same shape is the REST request body, so every property is what the user wrote.
+/// The same shape is the REST request body, so every property is what the user wrote. A property with a default of
+/// its own (an initializer) states it with <see cref="DefaultValueAttribute"/> too, for the OpenAPI document: a generated
+/// client then sends, when told nothing, what the daemon would have taken (a test keeps the two equal).
 /// </summary>
 public sealed record DomainDefinition
 {
@@ -32,11 +35,13 @@ public sealed record DomainDefinition
     public DriverKind? Driver { get; init; }
 
     /// <summary>Virtual CPUs, 1 to host CPUs × 4 (at most 256).</summary>
+    [DefaultValue(1)]
     public int Vcpus { get; init; } = 1;
 
     /// <summary>Guest memory in MiB, 16 to 1048576.</summary>
     public int MemoryMiB { get; init; }
 
+    [DefaultValue(MachineType.Q35)]
     public MachineType Machine { get; init; } = MachineType.Q35;
 
     /// <summary>Direct kernel boot; absent means boot from the first disk.</summary>
@@ -46,10 +51,13 @@ public sealed record DomainDefinition
 
     public IReadOnlyList<NicConfig> Nics { get; init; } = [];
 
+    [DefaultValue(LifecycleAction.Destroy)]
     public LifecycleAction OnPoweroff { get; init; } = LifecycleAction.Destroy;
 
+    [DefaultValue(LifecycleAction.Restart)]
     public LifecycleAction OnReboot { get; init; } = LifecycleAction.Restart;
 
+    [DefaultValue(LifecycleAction.Destroy)]
     public LifecycleAction OnCrash { get; init; } = LifecycleAction.Destroy;
 
     /// <summary>Start the domain when the daemon starts.</summary>
@@ -79,13 +87,16 @@ public sealed record BootConfig
 public sealed record DiskConfig
 {
     public string Path { get; init; } = "";
+    [DefaultValue(DiskFormat.Raw)]
     public DiskFormat Format { get; init; } = DiskFormat.Raw;
+    [DefaultValue(DiskBus.Virtio)]
     public DiskBus Bus { get; init; } = DiskBus.Virtio;
     public bool ReadOnly { get; init; }
 }
 
 public sealed record NicConfig
 {
+    [DefaultValue(NicMode.User)]
     public NicMode Mode { get; init; } = NicMode.User;
 }
 

@@ -1,0 +1,32 @@
+using System.ComponentModel;
+using System.Reflection;
+using Virtd.Core.Domains;
+
+namespace Virtd.Core.Tests.Domains;
+
+public sealed class DefaultValuesTests
+{
+    /// <summary>
+    /// A <see cref="DefaultValueAttribute"/> is what the OpenAPI document gives clients as the default: it must be the
+    /// value a new instance has, which is what the daemon takes when the property is absent.
+    /// </summary>
+    [Fact]
+    public void DefaultValueAttributes_AreTheInitializersValues()
+    {
+        var checkedProperties = 0;
+        foreach (var type in typeof(DomainDefinition).Assembly.GetExportedTypes().Where(t => t is { IsClass: true, IsAbstract: false }))
+        {
+            var properties = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+                .Select(p => (Property: p, Default: p.GetCustomAttribute<DefaultValueAttribute>())).Where(p => p.Default is not null).ToList();
+            if (properties.Count == 0) continue;
+            var instance = Activator.CreateInstance(type)!;
+            foreach (var (property, attribute) in properties)
+            {
+                Assert.True(Equals(attribute!.Value, property.GetValue(instance)),
+                    $"{type.Name}.{property.Name}: [DefaultValue({attribute.Value})] but a new instance has {property.GetValue(instance)}");
+                checkedProperties++;
+            }
+        }
+        Assert.True(checkedProperties >= 8, $"only {checkedProperties} properties have [DefaultValue]");
+    }
+}
