@@ -79,6 +79,20 @@ public sealed class DomainsApiTests
     }
 
     [Fact]
+    public async Task Define_WithNullLists_AsGeneratedClientsSendThem_StoresNoDisksAndNoNics()
+    {
+        await using var app = new VirtdApplication();
+        using var http = app.CreateClient();
+
+        var r = await http.PostJsonAsync("/api/v1/domains", new { name = "bare", memoryMiB = 64, disks = (object?)null, nics = (object?)null });
+
+        Assert.Equal(HttpStatusCode.Created, r.StatusCode);
+        var def = (await r.ReadJsonAsync()).GetProperty("definition");
+        Assert.Equal(0, def.GetProperty("disks").GetArrayLength());
+        Assert.Equal(0, def.GetProperty("nics").GetArrayLength());
+    }
+
+    [Fact]
     public async Task Define_SameNameOrSameUuidTwice_Is409DomainExists()
     {
         await using var app = new VirtdApplication();

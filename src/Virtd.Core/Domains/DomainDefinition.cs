@@ -47,9 +47,14 @@ public sealed record DomainDefinition
     /// <summary>Direct kernel boot; absent means boot from the first disk.</summary>
     public BootConfig? Boot { get; init; }
 
-    public IReadOnlyList<DiskConfig> Disks { get; init; } = [];
+    /// <summary>The disks; null (as generated clients send for a list they were not given) means none.</summary>
+    public IReadOnlyList<DiskConfig> Disks { get => _disks; init => _disks = value ?? []; }
 
-    public IReadOnlyList<NicConfig> Nics { get; init; } = [];
+    /// <summary>The NICs; null means none.</summary>
+    public IReadOnlyList<NicConfig> Nics { get => _nics; init => _nics = value ?? []; }
+
+    private readonly IReadOnlyList<DiskConfig> _disks = [];
+    private readonly IReadOnlyList<NicConfig> _nics = [];
 
     [DefaultValue(LifecycleAction.Destroy)]
     public LifecycleAction OnPoweroff { get; init; } = LifecycleAction.Destroy;
