@@ -228,6 +228,32 @@ public static class TestGuest
         var lines = stdout.Result.Split('\n');
         string Value(string key) => lines.Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
             ?? throw new InvalidOperationException($"scripts/build-test-guest printed no '{key}=' line: {stdout.Result}");
-        return (Value("kernel"), Value("initrd"));
+        return Stage(Value("kernel"), Value("initrd"));
+    }
+
+    /// <summary>
+    /// QEMU runs as virtd-qemu, which must be able to read the kernel and initrd by path (QEMU does not load
+    /// them through -add-fd). The repository may sit below a directory only root can enter (a CI checkout),
+    /// so the tests use a copy in a directory everyone can traverse, refreshed when the build changes.
+    /// </summary>
+    private static (string, string) Stage(string kernel, string initrd)
+    {
+        const string Shared = "/var/tmp/virtd-test-guest";
+        System.IO.Directory.CreateDirectory(Shared);
+        File.SetUnixFileMode(Shared, (UnixFileMode)0b111_101_101);
+        string Copy(string source)
+        {
+            var target = Path.Combine(Shared, Path.GetFileName(source));
+            var from = new FileInfo(source);
+            var to = new FileInfo(target);
+            if (to.Exists && to.Length == from.Length && to.LastWriteTimeUtc == from.LastWriteTimeUtc) return target;
+            var temporary = $"{target}.{Environment.ProcessId}.tmp";
+            File.Copy(source, temporary, overwrite: true);
+            File.SetLastWriteTimeUtc(temporary, from.LastWriteTimeUtc);
+            File.SetUnixFileMode(temporary, (UnixFileMode)0b110_100_100);
+            File.Move(temporary, target, overwrite: true);
+            return target;
+        }
+        return (Copy(kernel), Copy(initrd));
     }
 }
