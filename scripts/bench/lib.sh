@@ -55,6 +55,18 @@ bench_start_daemon() {
   auth="Authorization: Bearer $(cat "$token_file")"
 }
 
+# bench_restart_daemon [daemon args...]: stops the daemon and its VMs, then starts a new one on a fresh state directory.
+bench_restart_daemon() {
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  kill_vms "$tmp/run"
+  mv "$tmp/daemon.log" "$tmp/daemon.1.log"
+  rm -rf "$tmp/state" "$tmp/run"
+  bench_start_daemon "$@"
+}
+
 # api [curl args...]: curl with the daemon's admin token (after bench_start_daemon).
 api() { curl -H "$auth" "$@"; }
 

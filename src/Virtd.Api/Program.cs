@@ -1,3 +1,4 @@
+using Virtd.Api.Storage;
 using Virtd.Api.Access;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
@@ -67,6 +68,7 @@ app.MapOpenApi("/openapi/v1.json").AllowAnonymous(); // one document: any other 
 app.MapHostApi();
 app.MapDomainsApi();
 app.MapJobsApi();
+app.MapPoolsApi();
 app.MapEventsApi();
 app.MapTokensApi();
 app.MapSessionApi();

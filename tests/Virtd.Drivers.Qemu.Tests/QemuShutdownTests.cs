@@ -62,7 +62,7 @@ public class QemuShutdownTests
         var images = Path.Combine(Path.GetTempPath(), $"virtd-images-{Guid.NewGuid():N}");
         Directory.CreateDirectory(images);
         string[] args = [.. Base, "--Guests:OnDaemonStop", "shutdown", "--Guests:ShutdownTimeout", "00:00:04", "--Guests:OverallTimeout", "00:00:30",
-            "--ShutdownTimeout", "00:00:05", "--Storage:Pools:0", images, "--Storage:Pools:1", TestGuest.Directory];
+            "--ShutdownTimeout", "00:00:05", "--Storage:Pools:default", images, "--Storage:Pools:guest", TestGuest.Directory];
         await using var daemon = DaemonProcess.Start(args);
         try
         {

@@ -52,7 +52,7 @@ public static partial class ProblemResponses
         {
             // Kestrel enforces the body limit while reading; this answers early when Content-Length says so
             // (and under the test server, which has no limit of its own).
-            if (http.Request.ContentLength > Hosting.VirtdHostingExtensions.MaxRequestBodyBytes)
+            if (http.Request.ContentLength > Hosting.VirtdHostingExtensions.MaxRequestBodyBytes && !Storage.PoolsApi.IsUpload(http.Request))
             {
                 await WriteAsync(http, TooLarge()).ConfigureAwait(false);
                 return;

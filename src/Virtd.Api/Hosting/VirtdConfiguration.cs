@@ -25,7 +25,7 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             var virtd = configuration.Get<VirtdOptions>() ?? new VirtdOptions();
             var storage = new StorageOptions();
             configuration.GetSection("Storage").Bind(storage);
-            if (storage.Pools.Count == 0) storage.Pools.Add(Path.Combine(virtd.StateDirectory, "images"));
+            storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.StateDirectory, "images"));
             var jobs = new JobsOptions();
             configuration.GetSection("Jobs").Bind(jobs);
             var sim = new SimulatedOptions();

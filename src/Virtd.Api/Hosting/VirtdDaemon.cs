@@ -41,7 +41,7 @@ public sealed class VirtdDaemon(
         Ownership.SetDirectoryMode(Path.Combine(options.Virtd.StateDirectory, "jobs"), Ownership.Private);
         Ownership.SetDirectoryMode(Path.Combine(options.Virtd.StateDirectory, "log"), Ownership.Private);
         Ownership.SetDirectoryMode(run, Ownership.Public);
-        foreach (var pool in options.Storage.Pools)
+        foreach (var pool in options.Storage.Pools.Values.Distinct())
         {
             if (!Ownership.SetDirectoryMode(pool, Ownership.Traversable))
                 log.LogInformation("storage pool {Pool} belongs to another user: its mode is left as it is", pool);
@@ -59,6 +59,7 @@ public sealed class VirtdDaemon(
         Stage("directories", () =>
         {
             SetModes(options);
+            services.GetRequiredService<Virtd.Core.Storage.VolumeService>().RemoveLeftovers();
             return 0;
         });
         var (loaded, setAside) = Stage("definitions", domains.Load);

@@ -43,6 +43,7 @@ public static class VirtdHostingExtensions
             sp.GetRequiredService<DomainLifecycle>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<JobScheduler>>(),
             sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
+        s.AddSingleton<Virtd.Core.Storage.VolumeService>();
         s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
         s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
@@ -70,6 +71,7 @@ public static class VirtdHostingExtensions
         builder.Services.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
         builder.Services.AddSingleton<QemuImages>();
         builder.Services.AddSingleton<IImageChecker>(sp => sp.GetRequiredService<QemuImages>());
+        builder.Services.AddSingleton<IVolumeTool>(sp => sp.GetRequiredService<QemuImages>());
         builder.Services.AddSingleton<QemuDriver>();
         builder.Services.AddSingleton<IHypervisorDriver>(sp => sp.GetRequiredService<QemuDriver>());
         return builder;

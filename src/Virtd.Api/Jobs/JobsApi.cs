@@ -13,19 +13,29 @@ namespace Virtd.Api.Jobs;
 public sealed record JobDto(
     Guid Id,
     JobKind Kind,
-    string Domain,
-    Guid DomainUuid,
+    string? Domain,
+    Guid? DomainUuid,
     JobState State,
     DateTimeOffset CreatedAt,
     DateTimeOffset? StartedAt,
     DateTimeOffset? FinishedAt,
     JobResult? Result,
-    JobError? Error)
+    JobError? Error,
+    string? Volume = null,
+    double? Progress = null)
 {
     public static JobDto From(Job j)
     {
         var s = j.Status; // one consistent snapshot
         return new JobDto(j.Id, j.Kind, j.Domain.Name, j.Domain.Uuid, s.State, j.CreatedAt, s.StartedAt, s.FinishedAt, s.Result, s.Error);
+    }
+
+    /// <summary>A volume copy: no domain; <c>volume</c> is the new volume, <c>progress</c> its percent done.</summary>
+    public static JobDto From(Virtd.Core.Storage.VolumeJob j)
+    {
+        var s = j.Status;
+        return new JobDto(j.Id, JobKind.VolumeCopy, null, null, s.State, j.CreatedAt, s.StartedAt, s.FinishedAt, s.Result, s.Error,
+            j.Target.ToString(), Math.Round(j.Progress, 2));
     }
 }
 
@@ -51,7 +61,7 @@ public static class JobsApi
     }
 
     public static Ok<JobListDto> ListJobs(string? domain, string? state, int? limit, string? after, HttpContext http,
-        JobStore store, DomainService svc, LimitsOptions limits)
+        JobStore store, DomainService svc, LimitsOptions limits, Virtd.Core.Storage.VolumeService volumes)
     {
         var stateFilter = EnumText.ParseQuery<JobState>("state", state);
         var take = Paging.Limit(limit, limits);
@@ -62,15 +72,29 @@ public static class JobsApi
             (domain is null || j.Domain.Name == domain || j.Domain.Uuid == uuid)
             && (stateFilter is null || j.State == stateFilter)
             && (from is not { } f || JobStore.Compare(j, f.Ticks, f.Id) < 0), take + 1);
-        string? next = null;
-        if (jobs.Count > take)
+        var items = jobs.Select(JobDto.From).ToList();
+        if (domain is null)
         {
-            jobs.RemoveAt(take);
-            var last = jobs[^1];
+            // Volume copies have no domain: listed with the rest, in the same order, when no domain is asked for.
+            items.AddRange(volumes.Jobs().Select(JobDto.From).Where(j =>
+                (stateFilter is null || j.State == stateFilter) && (from is not { } f || Compare(j, f.Ticks, f.Id) < 0)));
+            items.Sort((a, b) => Compare(b, a.CreatedAt.UtcTicks, a.Id));
+        }
+        string? next = null;
+        if (items.Count > take)
+        {
+            items.RemoveRange(take, items.Count - take);
+            var last = items[^1];
             next = Paging.Cursor("jobs", $"{last.CreatedAt.UtcTicks}:{last.Id:N}");
             Paging.Link(http, next);
         }
-        return TypedResults.Ok(new JobListDto(jobs.Count, jobs.Select(JobDto.From).ToList(), next));
+        return TypedResults.Ok(new JobListDto(items.Count, items, next));
+    }
+
+    private static int Compare(JobDto job, long createdTicks, Guid id)
+    {
+        var c = job.CreatedAt.UtcTicks.CompareTo(createdTicks);
+        return c != 0 ? c : job.Id.CompareTo(id);
     }
 
     private static (long Ticks, Guid Id) JobPosition(string position)
@@ -82,16 +106,28 @@ public static class JobsApi
         throw VirtdException.Validation("after", "is not a cursor this list gave; pass the 'next' of the previous page unchanged");
     }
 
-    public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, DaemonStatus life, CancellationToken ct)
+    public static async Task<Ok<JobDto>> GetJobAsync(string jobId, int? wait, JobStore store, DaemonStatus life, Virtd.Core.Storage.VolumeService volumes, CancellationToken ct)
     {
         CheckWait(wait);
+        if (Guid.TryParse(jobId, out var vid) && volumes.FindJob(vid) is { } copy)
+        {
+            if (wait is > 0 && !copy.IsFinished) await WaitAsync(copy.Finished, wait.Value, life, ct).ConfigureAwait(false);
+            return TypedResults.Ok(JobDto.From(copy));
+        }
         var job = Find(jobId, store);
         if (wait is > 0 && !job.IsFinished) await WaitAsync(job, wait.Value, life, ct).ConfigureAwait(false);
         return TypedResults.Ok(JobDto.From(job));
     }
 
-    public static Accepted<JobDto> CancelJob(string jobId, HttpContext http, JobStore store, JobScheduler scheduler)
+    public static Accepted<JobDto> CancelJob(string jobId, HttpContext http, JobStore store, JobScheduler scheduler, Virtd.Core.Storage.VolumeService volumes)
     {
+        if (Guid.TryParse(jobId, out var vid) && volumes.FindJob(vid) is { } copy)
+        {
+            if (copy.IsFinished) throw VirtdException.InvalidState($"job {copy.Id} has already finished ({copy.Status.State.ToString().ToLowerInvariant()})");
+            Audit.Of(http).Write(jobId: copy.Id);
+            copy.Cancel();
+            return TypedResults.Accepted($"/api/v1/jobs/{copy.Id}", JobDto.From(copy));
+        }
         var job = Find(jobId, store);
         if (job.IsFinished) throw VirtdException.InvalidState($"job {job.Id} has already finished ({job.State.ToString().ToLowerInvariant()})");
         if (job.State == JobState.Running && !job.Cancellable) throw NotCancellable(job);
@@ -111,12 +147,14 @@ public static class JobsApi
     }
 
     /// <summary>Waits for the job, the deadline, the client going away, or shutdown phase 1 being done (queued jobs are cancelled by then): whichever comes first.</summary>
-    private static async Task WaitAsync(Job job, int seconds, DaemonStatus life, CancellationToken ct)
+    private static Task WaitAsync(Job job, int seconds, DaemonStatus life, CancellationToken ct) => WaitAsync(job.Finished, seconds, life, ct);
+
+    private static async Task WaitAsync(Task finished, int seconds, DaemonStatus life, CancellationToken ct)
     {
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, life.RequestsEnding);
         try
         {
-            await job.Finished.WaitAsync(TimeSpan.FromSeconds(seconds), linked.Token).ConfigureAwait(false);
+            await finished.WaitAsync(TimeSpan.FromSeconds(seconds), linked.Token).ConfigureAwait(false);
         }
         catch (TimeoutException) { }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }

@@ -30,8 +30,12 @@ public static class OptionsValidation
         Check(o.ShutdownTimeout > TimeSpan.Zero && o.ShutdownTimeout <= TimeSpan.FromHours(1), "ShutdownTimeout", "must be between 00:00:00.001 and 01:00:00");
         Check(o.IdleTimeout == TimeSpan.Zero || (o.IdleTimeout >= TimeSpan.FromSeconds(1) && o.IdleTimeout <= TimeSpan.FromDays(7)),
             "IdleTimeout", "must be 00:00:00 (off) or between 00:00:01 and 7.00:00:00");
-        for (var i = 0; i < s.Pools.Count; i++)
-            Check(!string.IsNullOrWhiteSpace(s.Pools[i]) && Path.IsPathRooted(s.Pools[i]), $"Storage:Pools:{i}", "must be an absolute path");
+        foreach (var (name, path) in s.Pools)
+        {
+            Check(Storage.PoolNames.IsValid(name), $"Storage:Pools:{name}", $"a pool's name must match {Storage.PoolNames.Pattern}");
+            Check(!string.IsNullOrWhiteSpace(path) && Path.IsPathRooted(path) && !path.Contains('\0'), $"Storage:Pools:{name}", "must be an absolute path");
+        }
+        Check(s.MaxUploadBytes is >= 1 and <= 1L << 50, "Storage:MaxUploadBytes", "must be between 1 and 1125899906842624 (1 PiB)");
         Check(j.Workers is >= 1 and <= 1024, "Jobs:Workers", "must be between 1 and 1024");
         Check(j.PriorityWorkers is >= 1 and <= 64, "Jobs:PriorityWorkers", "must be between 1 and 64");
         Check(j.QueueLimit is >= 1 and <= 1_000_000, "Jobs:QueueLimit", "must be between 1 and 1000000");

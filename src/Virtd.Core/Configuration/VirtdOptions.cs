@@ -28,8 +28,17 @@ public sealed class VirtdOptions
 
 public sealed class StorageOptions
 {
-    /// <summary>Directories every disk, kernel and initrd must lie in. Default: &lt;StateDirectory&gt;/images.</summary>
-    public List<string> Pools { get; set; } = [];
+    /// <summary>The name of the pool that is always there unless configured otherwise: &lt;StateDirectory&gt;/images.</summary>
+    public const string DefaultPool = "default";
+
+    /// <summary>
+    /// Named directories (<c>Storage:Pools:&lt;name&gt;=&lt;path&gt;</c>) every disk, kernel and initrd must lie in; their
+    /// files are the pool's volumes. <c>default</c> is &lt;StateDirectory&gt;/images unless given.
+    /// </summary>
+    public Dictionary<string, string> Pools { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>The largest image <c>PUT .../content</c> takes, in bytes (default 64 GiB).</summary>
+    public long MaxUploadBytes { get; set; } = 64L << 30;
 }
 
 public sealed class JobsOptions

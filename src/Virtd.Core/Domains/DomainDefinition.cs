@@ -91,9 +91,15 @@ public sealed record BootConfig
 
 public sealed record DiskConfig
 {
+    /// <summary>A file inside a storage pool; or give <see cref="Volume"/> instead.</summary>
     public string Path { get; init; } = "";
-    [DefaultValue(DiskFormat.Raw)]
-    public DiskFormat Format { get; init; } = DiskFormat.Raw;
+
+    /// <summary>A volume, <c>pool/name</c> (<c>GET /api/v1/pools/{pool}/volumes</c>); or give <see cref="Path"/> instead.</summary>
+    public string? Volume { get; init; }
+
+    /// <summary>The image's format. Absent: the volume's own format, or raw for a path. Stored as resolved at define.</summary>
+    public DiskFormat? Format { get; init; }
+
     [DefaultValue(DiskBus.Virtio)]
     public DiskBus Bus { get; init; } = DiskBus.Virtio;
     public bool ReadOnly { get; init; }

@@ -52,7 +52,17 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
             .Must(l => l is null || l.Count <= MaxDisks).WithMessage($"must have at most {MaxDisks} entries");
         RuleForEach(d => d.Disks).NotNull().WithMessage("must not be null").ChildRules(disk =>
         {
-            if (paths is not null) disk.RuleFor(x => x.Path).Custom((p, ctx) => Report(paths.Check(p), ctx));
+            disk.RuleFor(x => x.Path).Empty().WithMessage("give path or volume, not both").When(x => x.Volume is not null);
+            if (paths is not null)
+            {
+                disk.RuleFor(x => x.Path).Custom((p, ctx) => Report(paths.Check(p), ctx)).When(x => x.Volume is null);
+                disk.RuleFor(x => x.Volume).Custom((v, ctx) => Report(paths.CheckVolume(v), ctx)).When(x => x.Volume is not null);
+            }
+            else
+            {
+                disk.RuleFor(x => x.Volume).Must(v => Storage.VolumeRef.TryParse(v, out _, out _))
+                    .WithMessage($"must be '<pool>/<volume>'").When(x => x.Volume is not null);
+            }
             disk.RuleFor(x => x.Format).IsInEnum();
             disk.RuleFor(x => x.Bus).IsInEnum();
         });

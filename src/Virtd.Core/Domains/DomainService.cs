@@ -26,9 +26,10 @@ public sealed class DomainService
 
     public DomainService(DomainRegistry registry, JobScheduler scheduler, DomainStore store, DomainDefinitionValidator validator,
         DriverCatalog drivers, DomainLifecycle lifecycle, EventBus bus, VirtdOptions options, TimeProvider time, ILogger<DomainService> log,
-        ResourceLimits? limits = null, IImageChecker? images = null)
+        ResourceLimits? limits = null, IImageChecker? images = null, Storage.VolumeService? volumes = null)
     {
         _limits = limits;
+        _volumes = volumes;
         _images = images;
         _registry = registry;
         _scheduler = scheduler;
@@ -47,6 +48,16 @@ public sealed class DomainService
     private readonly DriverKind? _configuredDriver;
     private readonly ResourceLimits? _limits;
     private readonly IImageChecker? _images;
+    private readonly Storage.VolumeService? _volumes;
+
+    /// <summary>Each disk's format as given, else its volume's, else raw: stored explicit, so no later guess changes what QEMU is told.</summary>
+    private DomainDefinition Resolved(DomainDefinition d) => d with
+    {
+        Disks = d.Disks.Select(k => k.Format is not null ? k : k with
+        {
+            Format = k.Volume is { } v && _volumes is not null && Storage.VolumeRef.TryParse(v, out var r, out _) ? _volumes.FormatOf(r) : DiskFormat.Raw,
+        }).ToList(),
+    };
     private readonly int _hostCpus;
 
     /// <summary>The definitions set aside at start, with why (<c>GET /api/v1/host</c>).</summary>
@@ -98,6 +109,7 @@ public sealed class DomainService
             Driver = definition.Driver ?? DefaultDriver,
         };
         _validator.ValidateOrThrow(definition);
+        definition = Resolved(definition);
         await CheckImagesAsync(definition, ct).ConfigureAwait(false);
         var d = new DomainObject(definition, new RuntimeState(DomainState.ShutOff, StateReasons.Defined, _time.GetUtcNow()), _bus);
         if (!_registry.TryReserve(d, out var conflict, _limits?.Options.Domains ?? int.MaxValue))
@@ -128,7 +140,7 @@ public sealed class DomainService
         if (_registry.Find(id) is { } current && definition.Name == current.Name)
         {
             var candidate = definition with { Uuid = current.Uuid, Driver = definition.Driver ?? current.Definition.Driver };
-            if (_validator.Problem(candidate) is null) await CheckImagesAsync(candidate, ct).ConfigureAwait(false);
+            if (_validator.Problem(candidate) is null) await CheckImagesAsync(Resolved(candidate), ct).ConfigureAwait(false);
         }
         return await UnderGateAsync(id, JobKind.Update, ifMatch, d =>
         {
@@ -138,6 +150,7 @@ public sealed class DomainService
                 throw VirtdException.Validation("uuid", $"cannot change the UUID (is {d.Uuid})");
             var replacement = definition with { Uuid = d.Uuid, Driver = definition.Driver ?? d.Definition.Driver };
             _validator.ValidateOrThrow(replacement);
+            replacement = Resolved(replacement);
             before?.Invoke(d, null);
             if (!replacement.SameAs(d.Definition))
             {

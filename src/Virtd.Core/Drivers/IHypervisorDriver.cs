@@ -156,3 +156,35 @@ public interface IImageChecker
     /// <summary>Problems keyed by JSON path (<c>disks[0]</c>), or null when every disk is fine.</summary>
     Task<IReadOnlyDictionary<string, string[]>?> CheckAsync(Domains.DomainDefinition definition, CancellationToken cancellationToken);
 }
+
+/// <summary>What an image file holds, as read with the format given (never probed).</summary>
+/// <param name="VirtualSize">The size the guest sees, in bytes.</param>
+/// <param name="Allocation">Bytes the file takes on its filesystem.</param>
+/// <param name="BackingFile">The backing file's path as resolved (links followed), or as written when it cannot be resolved; null without one.</param>
+public sealed record ImageFacts(long VirtualSize, long Allocation, string? BackingFile);
+
+/// <summary>Makes and reads volumes' images (QEMU: qemu-img). Every method throws <see cref="Errors.VirtdException"/> on failure.</summary>
+public interface IVolumeTool
+{
+    /// <summary>Why images other than raw cannot be handled here (qemu-img missing), or null.</summary>
+    string? Problem { get; }
+
+    /// <summary>The image's facts read as the given format, as the unprivileged QEMU user; cached until the file changes.</summary>
+    Task<ImageFacts> InfoAsync(string path, Domains.DiskFormat format, CancellationToken cancellationToken);
+
+    /// <summary>The format qemu-img recognises in the file's first bytes (only for content whose format the caller did not give).</summary>
+    Task<string> ProbeAsync(string path, CancellationToken cancellationToken);
+
+    /// <summary>Null when the image's whole chain is fine for QEMU (every file inside a pool, formats recorded), else why, naming no host path.</summary>
+    Task<string?> CheckChainAsync(string path, Domains.DiskFormat format, CancellationToken cancellationToken);
+
+    Task CreateAsync(string path, Domains.DiskFormat format, long capacity, string? backingFile, Domains.DiskFormat? backingFormat, CancellationToken cancellationToken);
+
+    Task ResizeAsync(string path, Domains.DiskFormat format, long capacity, bool shrink, CancellationToken cancellationToken);
+
+    /// <summary>Copies an image's content (its whole chain flattened) into a new file; <paramref name="progress"/> gets 0–100.</summary>
+    Task CopyAsync(string source, Domains.DiskFormat sourceFormat, string target, Domains.DiskFormat targetFormat, Action<double> progress, CancellationToken cancellationToken);
+
+    /// <summary>Gives a volume file the owner and mode volumes have (readable by QEMU's user, by nobody else).</summary>
+    void Adopt(string path);
+}

@@ -46,6 +46,11 @@ public static class ErrorCodes
     public const string QuotaExceeded = "quota-exceeded";
     public const string TooManyStreams = "too-many-streams";
     public const string ImageUnsafe = "image-unsafe";
+    public const string PoolNotFound = "pool-not-found";
+    public const string VolumeNotFound = "volume-not-found";
+    public const string VolumeExists = "volume-exists";
+    public const string VolumeInUse = "volume-in-use";
+    public const string VolumeBusy = "volume-busy";
 
     /// <summary>Every code, as the OpenAPI document lists them (a test keeps this list and the constants the same).</summary>
     public static readonly IReadOnlyList<string> All =
@@ -93,6 +98,11 @@ public static class ErrorCodes
         QuotaExceeded,
         TooManyStreams,
         ImageUnsafe,
+        PoolNotFound,
+        VolumeNotFound,
+        VolumeExists,
+        VolumeInUse,
+        VolumeBusy,
     ];
 }
 

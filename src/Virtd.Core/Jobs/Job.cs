@@ -4,7 +4,7 @@ using Virtd.Core.Errors;
 
 namespace Virtd.Core.Jobs;
 
-public enum JobKind { Start, Shutdown, Reboot, Reset, Suspend, Resume, Destroy, Define, Update, Undefine }
+public enum JobKind { Start, Shutdown, Reboot, Reset, Suspend, Resume, Destroy, Define, Update, Undefine, VolumeCopy }
 
 /// <summary>
 /// Where a job is. Every state from <see cref="Succeeded"/> on is final; <see cref="Interrupted"/> is a job that was

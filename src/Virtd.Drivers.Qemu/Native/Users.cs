@@ -95,6 +95,13 @@ internal static unsafe class Users
     private static bool Allows(UserIds user, FileOwner f, UnixFileMode owner, UnixFileMode group, UnixFileMode other) =>
         f.Uid == user.Uid ? (f.Mode & owner) != 0 : f.Gid == user.Gid ? (f.Mode & group) != 0 : (f.Mode & other) != 0;
 
+    /// <summary>chown(2) without following a final link; throws on failure.</summary>
+    public static void Chown(string path, uint uid, uint gid)
+    {
+        if (lchown(path, uid, gid) != 0) throw new IOException($"chown {path}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    [DllImport("libc", SetLastError = true)] private static extern int lchown([MarshalAs(UnmanagedType.LPUTF8Str)] string path, uint uid, uint gid);
     [DllImport("libc")] private static extern uint geteuid();
     [DllImport("libc")] private static extern int getpwnam_r([MarshalAs(UnmanagedType.LPUTF8Str)] string name, void* pwd, byte* buf, nuint buflen, nint* result);
     [DllImport("libc")] private static extern int getpwuid_r(uint uid, void* pwd, byte* buf, nuint buflen, nint* result);

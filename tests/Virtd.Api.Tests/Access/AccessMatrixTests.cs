@@ -96,13 +96,15 @@ public sealed class AccessMatrixTests
     {
         if ((await admin.GetAsync("/api/v1/domains/m")).StatusCode == HttpStatusCode.NotFound) await admin.DefineAsync(Definition("m"));
         if ((await admin.GetAsync("/api/v1/tokens/victim")).StatusCode == HttpStatusCode.NotFound) await TokenTests.CreateTokenAsync(admin, "victim", "reader");
+        if ((await admin.GetAsync("/api/v1/pools/default/volumes/v")).StatusCode == HttpStatusCode.NotFound)
+            (await admin.PostJsonAsync("/api/v1/pools/default/volumes", new { name = "v", format = "raw", capacity = "1MiB" })).EnsureSuccessStatusCode();
         var jobs = await (await admin.GetAsync("/api/v1/jobs?limit=1")).ReadJsonAsync();
         var jobId = jobs.GetProperty("count").GetInt32() > 0 ? jobs.GetProperty("items")[0].Id() : (await admin.ActAsync("m", "start", wait: 10)).Id();
         return new Fixtures("m", jobId, "victim");
     }
 
     private static string Fill(string path, Fixtures f) =>
-        path.Replace("{id}", f.Domain).Replace("{jobId}", f.JobId).Replace("{name}", f.TokenName);
+        path.Replace("{id}", f.Domain).Replace("{jobId}", f.JobId).Replace("{name}", f.TokenName).Replace("{pool}", "default").Replace("{volume}", "v");
 
     private static HttpContent? Body(string method, string path, int n, string adminToken) => (method, path) switch
     {
@@ -112,6 +114,9 @@ public sealed class AccessMatrixTests
         ("POST", "/api/v1/session") => Raw($"{{\"token\":\"{adminToken}\"}}"),
         ("POST", "/api/v1/domains/{id}/shutdown") => Raw("{\"timeout\":1}"),
         ("POST", "/api/v1/domains/{id}/destroy") => Raw("{\"timeout\":1}"),
+        ("POST", "/api/v1/pools/{pool}/volumes") => Raw($"{{\"name\":\"vx{n}\",\"format\":\"raw\",\"capacity\":\"1MiB\"}}"),
+        ("POST", "/api/v1/pools/{pool}/volumes/{volume}/resize") => Raw("{\"capacity\":\"2MiB\"}"),
+        ("PUT", "/api/v1/pools/{pool}/volumes/{volume}/content") => new ByteArrayContent(new byte[4096]),
         _ => null,
     };
 

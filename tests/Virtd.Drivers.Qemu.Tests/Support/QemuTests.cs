@@ -34,8 +34,7 @@ public sealed class QemuApp : IAsyncDisposable
         };
         if (testGuest)
         {
-            all["Storage:Pools:0"] = Path.Combine(state, "images");
-            all["Storage:Pools:1"] = TestGuest.Directory;
+            all["Storage:Pools:guest"] = TestGuest.Directory;
         }
         if (settings is not null) foreach (var (k, v) in settings) all[k] = v;
         App = new VirtdApplication(state, all, kestrel);
