@@ -45,7 +45,7 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
         "limited to 64 and 32 KiB in all (Kestrel answers 431 without a body).";
     return Task.CompletedTask;
 }).AddDocumentTransformer<AccessOpenApi>().AddOperationTransformer<AccessOpenApi>().AddOperationTransformer<IdempotencyOpenApi>()
-    .AddDocumentTransformer<ProblemsOpenApi>().AddOperationTransformer<ProblemsOpenApi>().AddDocumentTransformer<EnumsOpenApi>()
+    .AddDocumentTransformer<ProblemsOpenApi>().AddOperationTransformer<ProblemsOpenApi>().AddDocumentTransformer<EnumsOpenApi>().AddDocumentTransformer<Virtd.Api.Storage.CapacityOpenApi>()
     .AddOperationTransformer<LocationOpenApi>());
 
 var app = builder.Build();

@@ -327,6 +327,10 @@ public sealed class RequestGenerator(ApiDocument doc, PCG pcg, Observed seen, st
             case "description": return Chance(50) ? null : Text(40);
             case "expiresAt": return DateTimeOffset.UtcNow.AddHours(Int(1, 48)).ToString("O");
             case "token": return Chance(50) ? "virtd_" + Ascii(10) : Ascii(20);
+            case "capacity": return Chance(50) ? Int(0, 1 << 20) : $"{Int(1, 64)}MiB";
+            // A disk by volume takes the volume's recorded format, which the model does not follow: disks here are by path.
+            case "volume": return null;
+            case "backingVolume" or "from": return Chance(80) ? null : $"default/vm{Int(0, Names - 1)}";
         }
         if (types.Contains("object"))
         {
@@ -346,8 +350,8 @@ public sealed class RequestGenerator(ApiDocument doc, PCG pcg, Observed seen, st
         }
         if (types.Contains("integer"))
         {
-            var min = schema["minimum"]?.GetValue<int>() ?? 0;
-            var max = schema["maximum"]?.GetValue<int>() ?? 100;
+            var min = (int)Math.Clamp(schema["minimum"]?.GetValue<long>() ?? 0, int.MinValue, int.MaxValue);
+            var max = (int)Math.Clamp(schema["maximum"]?.GetValue<long>() ?? 100, int.MinValue, int.MaxValue);
             return Int(min, Math.Min(max, min + 100));
         }
         if (types.Contains("boolean")) return Chance(50);
