@@ -29,12 +29,22 @@ public sealed class ServiceProcessTests
     [Fact]
     public async Task IdleTimeout_WithARunningVm_TheDaemonStaysUpUntilTheVmStops()
     {
-        await using var daemon = DaemonProcess.Start(TwoSecondsIdle);
+        // The VM is an autostart one, so it runs from the daemon's first moment: however slowly the test reaches the
+        // daemon, there is never an idle instant for the daemon to leave by before the check.
+        var state = TestDirectories.Create("virtd-proc-");
+        await using (var first = DaemonProcess.Start(stateDirectory: state))
+        {
+            await first.WaitReadyAsync();
+            var definition = VirtdHttp.Definition("vm");
+            definition["driver"] = "simulated";
+            definition["autostart"] = true;
+            await first.Http.DefineAsync(definition);
+            first.Terminate();
+            Assert.Equal(0, await first.WaitExitAsync(TimeSpan.FromSeconds(15)));
+        }
+        await using var daemon = DaemonProcess.Start(TwoSecondsIdle, stateDirectory: state);
         await daemon.WaitReadyAsync();
-        var definition = VirtdHttp.Definition("vm");
-        definition["driver"] = "simulated";
-        await daemon.Http.DefineAsync(definition);
-        await daemon.Http.ActAsync("vm", "start", wait: 10);
+        await VirtdHttp.PollAsync(async () => VirtdHttp.Parse($"\"{await daemon.Http.StateOfAsync("vm")}\""), s => s.GetString() == "running", "the autostart VM to run");
 
         // No request for more than twice IdleTimeout: only the running VM keeps the daemon up.
         await Task.Delay(TimeSpan.FromSeconds(5));
