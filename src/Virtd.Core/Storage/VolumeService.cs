@@ -127,7 +127,7 @@ public sealed class VolumeService : IAsyncDisposable
                 var reference = b.Pool == p.Name ? b.Name : (StoragePaths.TryRealPath(backingPath) ?? backingPath);
                 await _tool.CreateAsync(temporary, fmt, size, reference, backingFormat, ct).ConfigureAwait(false);
             }
-            else if (fmt == DiskFormat.Raw && _tool is null)
+            else if (fmt == DiskFormat.Raw && (_tool is null || _tool.Problem is not null))
             {
                 using var fs = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.None);
                 fs.SetLength(capacity!.Value);
@@ -286,7 +286,7 @@ public sealed class VolumeService : IAsyncDisposable
             throw VirtdException.Validation("capacity", $"is smaller than the volume's {current.VirtualSize} bytes; give \"shrink\": true to shrink it (what lies beyond is lost)");
         if (capacity != current.VirtualSize)
         {
-            if (format == DiskFormat.Raw && _tool is null)
+            if (format == DiskFormat.Raw && (_tool is null || _tool.Problem is not null))
             {
                 using var fs = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite);
                 fs.SetLength(capacity);
@@ -411,10 +411,10 @@ public sealed class VolumeService : IAsyncDisposable
             foreach (var disk in def.Disks)
             {
                 if (disk.Volume is not null) uses.Add(new DiskUse(d.Name, running, disk.Volume, null));
-                else uses.Add(new DiskUse(d.Name, running, null, disk.Path));
+                else uses.Add(new DiskUse(d.Name, running, null, StoragePaths.TryRealPath(disk.Path)));
             }
-            if (def.Boot?.Kernel is { } k) uses.Add(new DiskUse(d.Name, running, null, k));
-            if (def.Boot?.Initrd is { } i) uses.Add(new DiskUse(d.Name, running, null, i));
+            if (def.Boot?.Kernel is { } k) uses.Add(new DiskUse(d.Name, running, null, StoragePaths.TryRealPath(k)));
+            if (def.Boot?.Initrd is { } i) uses.Add(new DiskUse(d.Name, running, null, StoragePaths.TryRealPath(i)));
         }
         return uses;
     }
@@ -422,10 +422,11 @@ public sealed class VolumeService : IAsyncDisposable
     private List<string> RunningUsers(VolumeRef v, string? real) =>
         Users().Where(u => u.Running && u.Uses(v, real)).Select(u => u.Domain).Distinct().Order(StringComparer.Ordinal).ToList();
 
-    private sealed record DiskUse(string Domain, bool Running, string? Volume, string? Path)
+    /// <summary>One file a domain's definition names: a volume, or a path as resolved when the list was made.</summary>
+    private sealed record DiskUse(string Domain, bool Running, string? Volume, string? RealPath)
     {
         public bool Uses(VolumeRef v, string? real) =>
-            Volume is not null ? Volume == v.ToString() : real is not null && Path is not null && StoragePaths.TryRealPath(Path) == real;
+            Volume is not null ? Volume == v.ToString() : real is not null && RealPath == real;
     }
 
     private static IEnumerable<string> Files(StoragePool pool)
