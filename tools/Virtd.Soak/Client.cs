@@ -1,0 +1,481 @@
+using System.Net.Http.Headers;
+using System.Text.Json.Nodes;
+
+namespace Virtd.Soak;
+
+/// <summary>What the clients share: the domains set up before the run and the tokens made for it.</summary>
+internal sealed class World
+{
+    public required string[] Sims { get; init; }
+    public required string[] Vms { get; init; }
+
+    /// <summary>Simulated domains whose guest ignores the ACPI power button (a shutdown then runs into its timeout).</summary>
+    public required HashSet<string> IgnoresAcpi { get; init; }
+
+    public Dictionary<string, string> Uuids { get; } = [];
+    public required string ReaderToken { get; init; }
+    public required string OperatorToken { get; init; }
+
+    /// <summary>The secret the dashboard-style clients sign in with (POST /api/v1/session).</summary>
+    public required string SessionToken { get; init; }
+
+    /// <summary>Each VM's guest, seen through its serial console (when the state directory is known).</summary>
+    public Dictionary<string, Guest> Guests { get; } = [];
+
+    private static readonly TimeSpan RestartInterval = TimeSpan.FromSeconds(5);
+    private readonly System.Diagnostics.Stopwatch _sinceRestart = System.Diagnostics.Stopwatch.StartNew();
+    private bool _restarted;
+
+    /// <summary>
+    /// Whether a client may reset, reboot or destroy and start <paramref name="vm"/> now: one such restart every 5 s over
+    /// all VMs, of a guest that is up. If so, it is counted as done.
+    /// </summary>
+    public bool MayRestart(string vm)
+    {
+        var guest = Guests.GetValueOrDefault(vm);
+        lock (_sinceRestart)
+        {
+            if (_restarted && _sinceRestart.Elapsed < RestartInterval) return false;
+            if (guest is not null && !guest.IsUp()) return false;
+            _restarted = true;
+            _sinceRestart.Restart();
+            guest?.Restarting();
+            return true;
+        }
+    }
+}
+
+/// <summary>
+/// A VM's guest as its serial console shows it (<c>&lt;StateDirectory&gt;/log/&lt;uuid&gt;.console.log</c>). The soak resets,
+/// reboots or restarts only a guest that printed its ready line since the soak last did so: under TCG on two busy cores a
+/// guest takes seconds of CPU to boot, and the power button of a guest still booting goes unheard, so an ACPI reboot would
+/// hold the VM for its whole 60 s timeout (and fail shutdown-timeout), with everything else queued behind.
+/// </summary>
+internal sealed class Guest(string consoleLog)
+{
+    private const string ReadyLine = "virtd-test-guest: ready";
+    private long _mark;
+
+    /// <summary>The soak is about to make the guest boot again: what the console holds so far is of the previous boot.</summary>
+    public void Restarting() => Interlocked.Exchange(ref _mark, Length());
+
+    /// <summary>Whether the guest printed its ready line since the last <see cref="Restarting"/>.</summary>
+    public bool IsUp()
+    {
+        try
+        {
+            using var fs = new FileStream(consoleLog, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            fs.Seek(Math.Min(Interlocked.Read(ref _mark), fs.Length), SeekOrigin.Begin);
+            return new StreamReader(fs).ReadToEnd().Contains(ReadyLine, StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private long Length()
+    {
+        var file = new FileInfo(consoleLog);
+        return file.Exists ? file.Length : 0;
+    }
+}
+
+/// <summary>
+/// One of the soak's clients: a closed loop over a weighted random mix of every endpoint, with the daemon's answers
+/// judged only by the caller (<see cref="Api"/> counts statuses). It makes and removes its own domains and tokens, so
+/// what the daemon holds stays the same size over the run; actions on the QEMU VMs keep them mostly running.
+/// </summary>
+internal sealed class Client(int index, Api api, World world, JobTracker jobs, StreamStats events)
+{
+    private static readonly (int Weight, Func<Client, Task> Run)[] Mix =
+    [
+        // Reads.
+        (8, c => c.ListDomainsAsync()),
+        (10, c => c.GetDomainAsync()),
+        (4, c => c.GateAsync()),
+        (5, c => c.ListJobsAsync()),
+        (5, c => c.GetJobAsync()),
+        (3, c => c.HostAsync()),
+        (3, c => c.ProbesAsync()),
+        (2, c => c.WhoAmIAsync()),
+        (2, c => c.ReadTokensAsync()),
+        (1, c => c.ShortStreamAsync()),
+        // Changes.
+        (28, c => c.SimulatedActionAsync()),
+        (2, c => c.VmActionAsync()),
+        (3, c => c.CancelJobAsync()),
+        (4, c => c.UpdateAsync()),
+        (3, c => c.TemporaryDomainAsync()),
+        (1, c => c.TokenLifecycleAsync()),
+        (1, c => c.SessionLifecycleAsync()),
+        // Requests that must be refused with a 4xx.
+        (6, c => c.BadRequestAsync()),
+    ];
+
+    private static readonly int TotalWeight = Mix.Sum(m => m.Weight);
+
+    private readonly Random _rng = new(1000 + index);
+    private readonly List<string> _temporary = [];
+    private readonly List<(string Name, string Secret)> _tokens = [];
+    private readonly List<(string Path, string? Body, string Key)> _keys = [];
+    private string? _staleETag;
+    private int _n;
+
+    public async Task RunAsync(Func<bool> running)
+    {
+        while (running())
+        {
+            var pick = _rng.Next(TotalWeight);
+            foreach (var (weight, run) in Mix)
+            {
+                if ((pick -= weight) >= 0) continue;
+                await run(this).ConfigureAwait(false);
+                break;
+            }
+        }
+        // Leave nothing of this client's behind: its temporary domains and tokens.
+        foreach (var name in _temporary.ToList()) await RemoveTemporaryAsync(name, force: true).ConfigureAwait(false);
+        foreach (var (name, _) in _tokens) await api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + name).ConfigureAwait(false);
+    }
+
+    // ---------------- reads ----------------
+
+    private async Task ListDomainsAsync()
+    {
+        string[] queries = ["", "?state=running", "?driver=qemu", "?state=paused&driver=simulated", "?limit=50", "?state=shut-off&limit=20"];
+        var query = queries[_rng.Next(queries.Length)];
+        var r = await api.GetAsync(Soak.DomainsOp, "/api/v1/domains" + query).ConfigureAwait(false);
+        // Follow one page further (the cursor in the body, as in the Link header).
+        if (r.Status == 200 && r.Str("next") is { } next && query.Contains("limit", StringComparison.Ordinal))
+            await api.GetAsync(Soak.DomainsOp, $"/api/v1/domains{query}&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
+    }
+
+    private async Task GetDomainAsync()
+    {
+        var name = AnyDomain();
+        // By UUID now and then ({id} is a name or a UUID).
+        var id = _rng.Next(5) == 0 && world.Uuids.TryGetValue(name, out var uuid) ? uuid : name;
+        var r = await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + id).ConfigureAwait(false);
+        if (r.ETag is not null) _staleETag ??= r.ETag;
+    }
+
+    private Task GateAsync() => api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate");
+
+    private async Task ListJobsAsync()
+    {
+        string[] queries = ["?limit=20", $"?domain={AnyDomain()}", "?state=running", "?state=queued&limit=50", "?state=failed&limit=10", "?limit=5"];
+        var query = queries[_rng.Next(queries.Length)];
+        var r = await api.GetAsync(Soak.JobsOp, "/api/v1/jobs" + query).ConfigureAwait(false);
+        if (r.Status == 200 && r.Str("next") is { } next && query == "?limit=5")
+            await api.GetAsync(Soak.JobsOp, $"/api/v1/jobs?limit=5&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
+    }
+
+    private async Task GetJobAsync()
+    {
+        if (jobs.RandomRecent(_rng) is not { } id) return;
+        var wait = _rng.Next(3) == 0 ? 1 + _rng.Next(3) : -1;
+        var r = await api.GetAsync(Soak.JobOp, $"/api/v1/jobs/{id}{(wait >= 0 ? $"?wait={wait}" : "")}", waitSeconds: Math.Max(wait, 0)).ConfigureAwait(false);
+        if (r.Status == 200) jobs.Seen(r.Json);
+    }
+
+    private Task HostAsync() => api.GetAsync(Soak.HostOp, "/api/v1/host");
+
+    private Task ProbesAsync() => _rng.Next(2) == 0
+        ? api.GetAsync(Soak.HealthzOp, "/healthz", token: Api.Anonymous)
+        : api.GetAsync(Soak.ReadyzOp, "/readyz", token: Api.Anonymous);
+
+    private Task WhoAmIAsync() => api.GetAsync(Soak.SessionGetOp, "/api/v1/session",
+        token: _rng.Next(3) switch { 0 => world.ReaderToken, 1 => world.OperatorToken, _ => null });
+
+    private Task ReadTokensAsync() => _rng.Next(3) switch
+    {
+        0 => api.GetAsync(Soak.TokensOp, "/api/v1/tokens"),
+        1 => api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/soak-reader"),
+        _ => api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/" + (_tokens.Count > 0 ? _tokens[0].Name : "no-such-token")),
+    };
+
+    /// <summary>A short stream that resumes from a recent id (a replay) or an ancient one (a resync), reads a little and goes.</summary>
+    private async Task ShortStreamAsync()
+    {
+        var from = _rng.Next(5) == 0 ? 1 : Math.Max(1, events.LastId - _rng.Next(200));
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/events?types=job.,domain.&lastEventId={from}");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", api.AdminToken);
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(1 + _rng.NextDouble()));
+        try
+        {
+            using var response = await api.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline.Token).ConfigureAwait(false);
+            var status = (int)response.StatusCode;
+            api.Stats.Count(Soak.EventsOp, status);
+            if (status >= 500) api.Stats.ServerError("GET", request.RequestUri!.ToString(), status, await response.Content.ReadAsStringAsync(CancellationToken.None).ConfigureAwait(false));
+            if (status != 200) return;
+            await using var body = await response.Content.ReadAsStreamAsync(deadline.Token).ConfigureAwait(false);
+            using var reader = new StreamReader(body);
+            for (var lines = 0; lines < 100 && await reader.ReadLineAsync(deadline.Token).ConfigureAwait(false) is not null; lines++) { }
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            // Read for long enough: hang up mid-stream, as a browser tab does.
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException)
+        {
+            api.Stats.NoAnswer("GET", "/api/v1/events (short)", Stats.Describe(e));
+        }
+    }
+
+    // ---------------- actions ----------------
+
+    private async Task SimulatedActionAsync()
+    {
+        var name = world.Sims[_rng.Next(world.Sims.Length)];
+        var action = Soak.Actions[_rng.Next(Soak.Actions.Length)];
+        var body = action switch
+        {
+            "shutdown" => ShutdownBody(world.IgnoresAcpi.Contains(name)),
+            "destroy" => DestroyBody(),
+            _ => null,
+        };
+        var wait = _rng.Next(10) switch { < 4 => -1, < 8 => 5, _ => _rng.Next(3) };
+        await ActAsync(name, action, body, wait, idempotencyKey: _rng.Next(10) == 0).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The VMs stay mostly running: suspend and resume, starts (of a VM someone destroyed, else a no-op), and now and
+    /// then a reset, an ACPI reboot or a destroy and a start: at most one such restart every 5 s over all VMs, and only of
+    /// a guest that is up. A guest's boot costs a TCG VM seconds of CPU, and the two cores are the daemon's too.
+    /// </summary>
+    private async Task VmActionAsync()
+    {
+        var vm = world.Vms[_rng.Next(world.Vms.Length)];
+        var wait = _rng.Next(2) == 0 ? 10 : -1;
+        var roll = _rng.Next(100);
+        if (roll < 10 && world.MayRestart(vm))
+        {
+            switch (_rng.Next(10))
+            {
+                case < 4: await ActAsync(vm, "reset", null, wait).ConfigureAwait(false); break;
+                case < 8: await ActAsync(vm, "reboot", null, wait).ConfigureAwait(false); break;
+                default:
+                    await ActAsync(vm, "destroy", _rng.Next(2) == 0 ? null : """{"timeout":5}""", 30).ConfigureAwait(false);
+                    await ActAsync(vm, "start", null, 30).ConfigureAwait(false);
+                    break;
+            }
+        }
+        else if (roll < 45)
+        {
+            await ActAsync(vm, "suspend", null, wait).ConfigureAwait(false);
+        }
+        else if (roll < 90)
+        {
+            await ActAsync(vm, "resume", null, wait).ConfigureAwait(false);
+        }
+        else
+        {
+            await ActAsync(vm, "start", null, wait).ConfigureAwait(false);
+        }
+    }
+
+    private async Task<Reply> ActAsync(string name, string action, string? body, int wait, bool idempotencyKey = false, string? token = null)
+    {
+        var path = $"/api/v1/domains/{name}/{action}{(wait >= 0 ? $"?wait={wait}" : "")}";
+        string? key = null;
+        if (idempotencyKey)
+        {
+            if (_keys.Count > 0 && _rng.Next(3) == 0)
+            {
+                // A retry: the same request (the first answer again), or the same key on another request (422).
+                var old = _keys[_rng.Next(_keys.Count)];
+                key = old.Key;
+                if (_rng.Next(4) != 0)
+                {
+                    path = old.Path;
+                    body = old.Body;
+                }
+            }
+            else
+            {
+                key = $"soak-{index}-{++_n}";
+                _keys.Add((path, body, key));
+                if (_keys.Count > 8) _keys.RemoveAt(0);
+            }
+        }
+        var r = await api.PostAsync(Soak.ActionOp(path.Split('?')[0].Split('/')[^1]), path, body, token: token, waitSeconds: Math.Max(wait, 0),
+            configure: key is null ? null : m => m.Headers.Add("Idempotency-Key", key)).ConfigureAwait(false);
+        if (r.Status is 200 or 202) jobs.Submitted(r.Json);
+        return r;
+    }
+
+    private string? ShutdownBody(bool ignoresAcpi) => _rng.Next(4) switch
+    {
+        0 when !ignoresAcpi => null, // the default timeout (60 s): only for guests that react to the button
+        1 => """{"timeout":2}""",
+        2 => """{"timeout":1,"force":true}""",
+        _ => $$"""{"timeout":{{_rng.Next(4)}},"force":{{(_rng.Next(2) == 0 ? "true" : "false")}}}""",
+    };
+
+    private string? DestroyBody() => _rng.Next(4) switch
+    {
+        0 => null,
+        1 => """{"timeout":1}""",
+        2 => """{"graceful":true,"timeout":1}""",
+        _ => """{"graceful":false,"timeout":0}""",
+    };
+
+    private async Task CancelJobAsync()
+    {
+        if (jobs.RandomRecent(_rng) is not { } id) return;
+        var r = await api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + id, token: _rng.Next(2) == 0 ? world.OperatorToken : null).ConfigureAwait(false);
+        if (r.Status == 202) jobs.Seen(r.Json);
+    }
+
+    // ---------------- definitions, tokens, sessions ----------------
+
+    /// <summary>GET, then PUT the definition back with a new description, with its ETag in If-Match (or a stale one: 412, or none).</summary>
+    private async Task UpdateAsync()
+    {
+        var name = _rng.Next(10) switch
+        {
+            0 => world.Vms[_rng.Next(world.Vms.Length)],
+            1 when _temporary.Count > 0 => _temporary[0],
+            _ => world.Sims[_rng.Next(world.Sims.Length)],
+        };
+        var g = await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false);
+        if (g.Status != 200 || g.Json?["definition"]?.DeepClone() is not JsonObject definition) return;
+        definition["description"] = $"soak client {index} update {++_n}";
+        if (name.StartsWith("sim-", StringComparison.Ordinal)) definition["memoryMiB"] = 64 * (1 + _rng.Next(2));
+        var etag = _rng.Next(10) switch { 0 => null, 1 => _staleETag ?? "\"stale\"", _ => g.ETag };
+        var r = await api.SendAsync(Soak.DomainPutOp, HttpMethod.Put, "/api/v1/domains/" + name, definition.ToJsonString(),
+            configure: etag is null ? null : m => m.Headers.TryAddWithoutValidation("If-Match", etag)).ConfigureAwait(false);
+        if (r.ETag is not null && _rng.Next(4) == 0) _staleETag = g.ETag; // an ETag that has just gone stale
+    }
+
+    /// <summary>Defines a domain of this client's own (at most three at once), starts some, and undefines the oldest.</summary>
+    private async Task TemporaryDomainAsync()
+    {
+        if (_temporary.Count < 3 && (_temporary.Count == 0 || _rng.Next(2) == 0))
+        {
+            var name = $"tmp-{index}-{++_n}";
+            var definition = new JsonObject
+            {
+                ["name"] = name,
+                ["driver"] = "simulated",
+                ["vcpus"] = 1 + _rng.Next(2),
+                ["memoryMiB"] = 64,
+                ["description"] = "soak: temporary",
+                ["simulation"] = new JsonObject { ["bootDelayMs"] = _rng.Next(200), ["acpiShutdownDelayMs"] = _rng.Next(200) },
+            };
+            var r = await api.PostAsync(Soak.DefineOp, "/api/v1/domains", definition.ToJsonString(),
+                configure: _rng.Next(5) == 0 ? m => m.Headers.Add("Idempotency-Key", $"soak-define-{name}") : null).ConfigureAwait(false);
+            if (r.Status == 201)
+            {
+                _temporary.Add(name);
+                if (_rng.Next(3) == 0) await ActAsync(name, "start", null, 2).ConfigureAwait(false);
+            }
+            return;
+        }
+        if (_temporary.Count > 0) await RemoveTemporaryAsync(_temporary[0], force: _rng.Next(3) != 0).ConfigureAwait(false);
+    }
+
+    /// <summary>Undefine: at once (409 domain-active if it runs), or after a destroy, with the ETag in If-Match.</summary>
+    private async Task RemoveTemporaryAsync(string name, bool force)
+    {
+        string? etag = null;
+        if (force)
+        {
+            await ActAsync(name, "destroy", null, 10).ConfigureAwait(false);
+            etag = (await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false)).ETag;
+        }
+        var r = await api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + name,
+            configure: etag is null ? null : m => m.Headers.TryAddWithoutValidation("If-Match", etag)).ConfigureAwait(false);
+        if (r.Status is 204 or 404) _temporary.Remove(name);
+    }
+
+    /// <summary>Creates a token (at most two at once) and uses it, or revokes the oldest and sees its secret refused.</summary>
+    private async Task TokenLifecycleAsync()
+    {
+        if (_tokens.Count < 2)
+        {
+            var name = $"tok-{index}-{++_n}";
+            var role = new[] { "reader", "operator", "admin" }[_rng.Next(3)];
+            var expires = _rng.Next(2) == 0 ? "null" : $"\"{DateTimeOffset.UtcNow.AddHours(1):O}\"";
+            var r = await api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", $$"""{"name":"{{name}}","role":"{{role}}","expiresAt":{{expires}}}""").ConfigureAwait(false);
+            if (r.Status == 201 && r.Str("secret") is { } secret)
+            {
+                _tokens.Add((name, secret));
+                await api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: secret).ConfigureAwait(false);
+            }
+            return;
+        }
+        var (gone, goneSecret) = _tokens[0];
+        var d = await api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + gone).ConfigureAwait(false);
+        if (d.Status is 204 or 404)
+        {
+            _tokens.RemoveAt(0);
+            await api.GetAsync(Soak.HostOp, "/api/v1/host", token: goneSecret).ConfigureAwait(false); // 401 from now on
+        }
+    }
+
+    /// <summary>The dashboard's way in: sign in with a token (cookie), who am I with the cookie alone, sign out.</summary>
+    private async Task SessionLifecycleAsync()
+    {
+        var r = await api.PostAsync(Soak.SessionPostOp, "/api/v1/session", $$"""{"token":"{{world.SessionToken}}"}""", token: Api.Anonymous).ConfigureAwait(false);
+        if (r.Status != 204 || r.SetCookie?.Split(';')[0] is not { } cookie) return;
+        await api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: Api.Anonymous).ConfigureAwait(false); // no cookie, no token: 401
+        await api.SendAsync(Soak.SessionGetOp, HttpMethod.Get, "/api/v1/session", token: Api.Anonymous,
+            configure: m => m.Headers.Add("Cookie", cookie)).ConfigureAwait(false);
+        // A change made with the cookie carries Content-Type: application/json (CSRF).
+        await api.SendAsync(Soak.SessionDeleteOp, HttpMethod.Delete, "/api/v1/session", "", token: Api.Anonymous,
+            configure: m => m.Headers.Add("Cookie", cookie)).ConfigureAwait(false);
+    }
+
+    // ---------------- refusals ----------------
+
+    private Task BadRequestAsync()
+    {
+        var sim = world.Sims[_rng.Next(world.Sims.Length)];
+        var unknown = $"no-such-domain-{_rng.Next(1000)}";
+        return _rng.Next(24) switch
+        {
+            0 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"-bad name","memoryMiB":4}"""),
+            1 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"x","memoryMiB":"""),
+            2 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"y","memoryMiB":64,"colour":"blue"}"""),
+            3 => api.SendAsync(Soak.DefineOp, HttpMethod.Post, "/api/v1/domains", "name=z", contentType: "text/plain"),
+            4 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", $$"""{"name":"{{sim}}","driver":"simulated","memoryMiB":64}"""), // 409 domain-exists
+            5 => ActAsync(unknown, Soak.Actions[_rng.Next(Soak.Actions.Length)], null, -1),
+            6 => api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + (_rng.Next(2) == 0 ? unknown : Guid.NewGuid().ToString())),
+            7 => api.GetAsync(Soak.JobOp, "/api/v1/jobs/" + (_rng.Next(2) == 0 ? Guid.NewGuid().ToString() : "not-a-job-id")),
+            8 => api.GetAsync(Soak.JobsOp, "/api/v1/jobs?state=bogus"),
+            9 => api.GetAsync(Soak.DomainsOp, "/api/v1/domains?limit=10&after=bm90IGEgY3Vyc29y"),
+            10 => api.PostAsync(Soak.ActionOp("start"), $"/api/v1/domains/{sim}/start?wait={(_rng.Next(2) == 0 ? 999 : -5)}", null),
+            11 => ActAsync(sim, "shutdown", """{"timeout":-5}""", -1),
+            12 => ActAsync(sim, "destroy", _rng.Next(2) == 0 ? """{"timeout":1000}""" : """{"signal":"KILL"}""", -1),
+            13 => api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + world.Vms[_rng.Next(world.Vms.Length)]), // 409 domain-active (or 404 never)
+            14 => api.GetAsync(Soak.HostOp, "/api/v1/host", token: _rng.Next(2) == 0 ? Api.Anonymous : "virtd_not-a-real-secret"),
+            15 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"by-a-reader","memoryMiB":64}""", token: world.ReaderToken), // 403
+            16 => ActAsync(sim, "suspend", null, -1, token: world.ReaderToken), // 403: reader
+            17 => api.GetAsync("GET /api/v1/no-such-route", "/api/v1/no-such-route"),
+            18 => api.GetAsync(Soak.EventsOp, "/api/v1/events?lastEventId=not-a-number"),
+            19 => api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", """{"name":"bad role","role":"emperor"}"""),
+            20 => api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + Guid.NewGuid()),
+            // 413, asked as a careful client asks before a large upload: "Expect: 100-continue" gets the 413 before the body
+            // is sent, and "Connection: close" because the daemon closes the connection after its 413 without saying so (no
+            // "Connection: close" in the answer), so a client that reuses it fails its next request. Without them, the
+            // daemon answers while the body is still being sent and drops the connection: the client gets a broken pipe.
+            21 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", $$"""{"name":"huge","description":"{{new string('x', 1_100_000)}}"}""",
+                configure: m =>
+                {
+                    m.Headers.ExpectContinue = true;
+                    m.Headers.ConnectionClose = true;
+                }),
+            22 => api.SendAsync("PATCH /api/v1/domains/{id}", HttpMethod.Patch, "/api/v1/domains/" + sim, "{}"), // 405
+            _ => api.SendAsync(Soak.HostOp, HttpMethod.Get, "/api/v1/host", configure: m => m.Headers.Host = "evil.example"), // 400 host-not-allowed
+        };
+    }
+
+    private string AnyDomain() => _rng.Next(10) switch
+    {
+        0 => world.Vms[_rng.Next(world.Vms.Length)],
+        1 when _temporary.Count > 0 => _temporary[_rng.Next(_temporary.Count)],
+        _ => world.Sims[_rng.Next(world.Sims.Length)],
+    };
+}
