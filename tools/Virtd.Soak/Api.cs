@@ -2,41 +2,34 @@ using System.Collections.Concurrent;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
-using System.Text.Json.Nodes;
+using System.Text.Json.Serialization.Metadata;
 
 namespace Virtd.Soak;
 
 /// <summary>One answer: the status (0 when none came), the body and the headers the soak uses.</summary>
 internal sealed class Reply(int status, string body, string? etag, string? setCookie)
 {
-    private JsonNode? _json;
-    private bool _parsed;
-
     public int Status => status;
     public string Body => body;
     public string? ETag => etag;
     public string? SetCookie => setCookie;
-    public bool Ok => status is >= 200 and < 300;
 
-    public JsonNode? Json
+    /// <summary>The body as <typeparamref name="T"/> (source-generated, <see cref="SoakJson"/>), or null when it is not one.</summary>
+    public T? As<T>(JsonTypeInfo<T> type) where T : class
     {
-        get
+        if (body.Length == 0) return null;
+        try
         {
-            if (_parsed) return _json;
-            _parsed = true;
-            try
-            {
-                _json = body.Length > 0 ? JsonNode.Parse(body) : null;
-            }
-            catch (JsonException)
-            {
-                _json = null;
-            }
-            return _json;
+            return JsonSerializer.Deserialize(body, type);
+        }
+        catch (JsonException)
+        {
+            return null;
         }
     }
 
-    public string? Str(string property) => Json is JsonObject o ? Soak.Str(o, property) : null;
+    /// <summary>The job an action or a job read answered with.</summary>
+    public JobDto? Job => status is 200 or 202 ? As(SoakJson.Default.JobDto) : null;
 }
 
 /// <summary>
@@ -61,6 +54,10 @@ internal sealed class Api(HttpClient http, Stats stats, string adminToken)
     public Task<Reply> PostAsync(string op, string path, string? json, string? token = null, int waitSeconds = 0,
         Action<HttpRequestMessage>? configure = null) =>
         SendAsync(op, HttpMethod.Post, path, json, token: token, waitSeconds: waitSeconds, configure: configure);
+
+    public Task<Reply> PostAsync<T>(string op, string path, T body, JsonTypeInfo<T> type, string? token = null, int waitSeconds = 0,
+        Action<HttpRequestMessage>? configure = null) =>
+        SendAsync(op, HttpMethod.Post, path, JsonSerializer.Serialize(body, type), token: token, waitSeconds: waitSeconds, configure: configure);
 
     public Task<Reply> DeleteAsync(string op, string path, string? token = null, Action<HttpRequestMessage>? configure = null) =>
         SendAsync(op, HttpMethod.Delete, path, token: token, configure: configure);
@@ -87,7 +84,7 @@ internal sealed class Api(HttpClient http, Stats stats, string adminToken)
             var etag = response.Headers.ETag?.ToString();
             var cookie = response.Headers.TryGetValues("Set-Cookie", out var cookies) ? cookies.FirstOrDefault() : null;
             var status = (int)response.StatusCode;
-            stats.Count(op, status, System.Diagnostics.Stopwatch.GetElapsedTime(started));
+            stats.Count(op, status, System.Diagnostics.Stopwatch.GetElapsedTime(started), longPoll: waitSeconds > 0);
             if (status >= 500) stats.ServerError(method.Method, path, status, body);
             return new Reply(status, body, etag, cookie);
         }
@@ -118,12 +115,18 @@ internal sealed class Stats
     public IEnumerable<string> ServerErrorSamples => _serverErrors;
     public IEnumerable<string> NoAnswerSamples => _noAnswers;
 
-    public void Count(string op, int status, TimeSpan? took = null)
+    /// <summary>Time to the whole answer of every answered request that asked for no <c>?wait=</c> (a long poll takes what it asked for).</summary>
+    public LatencyHistogram Latency { get; } = new();
+
+    public void Count(string op, int status, TimeSpan? took = null, bool longPoll = false)
     {
         Interlocked.Increment(ref _total);
         _counts.AddOrUpdate((op, status), 1, (_, n) => n + 1);
         if (took is { } t)
+        {
             _times.AddOrUpdate(op, (1, t.TotalSeconds, t.TotalSeconds), (_, v) => (v.Count + 1, v.Seconds + t.TotalSeconds, Math.Max(v.Max, t.TotalSeconds)));
+            if (status != 0 && !longPoll) Latency.Add(t);
+        }
     }
 
     /// <summary>Mean time to the whole answer, in ms, of an endpoint's requests (streams excepted).</summary>
@@ -154,4 +157,46 @@ internal sealed class Stats
     }
 
     private static string Truncate(string s, int n) => s.Length <= n ? s : s[..n] + "...";
+}
+
+/// <summary>
+/// Latencies in buckets 4 % wide from 1 µs up (a percentile is the upper bound of its bucket, so at most 4 % high); lock-free,
+/// and two snapshots subtract, so the run after the warm-up has its own percentiles.
+/// </summary>
+internal sealed class LatencyHistogram
+{
+    private const double Width = 1.04;
+    private static readonly double LogWidth = Math.Log(Width);
+    private readonly long[] _buckets = new long[640]; // 1.04^640 µs: beyond any deadline
+
+    public void Add(TimeSpan t)
+    {
+        var i = (int)(Math.Log(Math.Max(1, t.TotalMicroseconds)) / LogWidth);
+        Interlocked.Increment(ref _buckets[Math.Clamp(i, 0, _buckets.Length - 1)]);
+    }
+
+    public long[] Snapshot()
+    {
+        var copy = new long[_buckets.Length];
+        for (var i = 0; i < copy.Length; i++) copy[i] = Interlocked.Read(ref _buckets[i]);
+        return copy;
+    }
+
+    /// <summary>Counts of <paramref name="later"/> minus those of <paramref name="earlier"/>.</summary>
+    public static long[] Between(long[] earlier, long[] later) => [.. later.Select((n, i) => n - earlier[i])];
+
+    /// <summary>The <paramref name="p"/> quantile (0..1) in ms, NaN when nothing was counted.</summary>
+    public static double PercentileMs(long[] counts, double p)
+    {
+        var total = counts.Sum();
+        if (total == 0) return double.NaN;
+        var rank = (long)Math.Ceiling(p * total);
+        long seen = 0;
+        for (var i = 0; i < counts.Length; i++)
+        {
+            seen += counts[i];
+            if (seen >= Math.Max(1, rank)) return Math.Pow(Width, i + 1) / 1000;
+        }
+        return Math.Pow(Width, counts.Length) / 1000;
+    }
 }

@@ -1,13 +1,20 @@
 using System.Net.Http.Headers;
-using System.Text.Json.Nodes;
 
 namespace Virtd.Soak;
 
 /// <summary>What the clients share: the domains set up before the run and the tokens made for it.</summary>
 internal sealed class World
 {
+    /// <summary>Simulated domains each client owns (sim-000, sim-001 are client 0's, and so on).</summary>
+    public const int SimsPerClient = 2;
+
     public required string[] Sims { get; init; }
+
+    /// <summary>The QEMU VMs: vm-N is client N's.</summary>
     public required string[] Vms { get; init; }
+
+    /// <summary>Simulated domains whose guest ignores SIGTERM (a destroy then waits for its timeout before SIGKILL).</summary>
+    public required HashSet<string> IgnoresSigterm { get; init; }
 
     /// <summary>Simulated domains whose guest ignores the ACPI power button (a shutdown then runs into its timeout).</summary>
     public required HashSet<string> IgnoresAcpi { get; init; }
@@ -82,61 +89,83 @@ internal sealed class Guest(string consoleLog)
 }
 
 /// <summary>
-/// One of the soak's clients: a closed loop over a weighted random mix of every endpoint, with the daemon's answers
-/// judged only by the caller (<see cref="Api"/> counts statuses). It makes and removes its own domains and tokens, so
-/// what the daemon holds stays the same size over the run; actions on the QEMU VMs keep them mostly running.
+/// One of the soak's clients: a closed loop over a weighted random mix of the API, with the daemon's answers judged only
+/// by the caller (<see cref="Api"/> counts statuses). It reads anything, but changes only what is its own, as a tenant
+/// does: its two simulated domains, the VM it owns (clients 0-9), the temporary domains it defines and undefines, its
+/// tokens and its jobs. So what the daemon holds stays the same size over the run, and no client's job waits behind
+/// another's (a domain's jobs queue behind each other, and that wait is the client's own doing).
 /// </summary>
-internal sealed class Client(int index, Api api, World world, JobTracker jobs, StreamStats events)
+internal sealed class Client
 {
-    private static readonly (int Weight, Func<Client, Task> Run)[] Mix =
-    [
-        // Reads.
-        (8, c => c.ListDomainsAsync()),
-        (10, c => c.GetDomainAsync()),
-        (4, c => c.GateAsync()),
-        (5, c => c.ListJobsAsync()),
-        (5, c => c.GetJobAsync()),
-        (3, c => c.HostAsync()),
-        (3, c => c.ProbesAsync()),
-        (2, c => c.WhoAmIAsync()),
-        (2, c => c.ReadTokensAsync()),
-        (1, c => c.ShortStreamAsync()),
-        // Changes.
-        (28, c => c.SimulatedActionAsync()),
-        (2, c => c.VmActionAsync()),
-        (3, c => c.CancelJobAsync()),
-        (4, c => c.UpdateAsync()),
-        (3, c => c.TemporaryDomainAsync()),
-        (1, c => c.TokenLifecycleAsync()),
-        (1, c => c.SessionLifecycleAsync()),
-        // Requests that must be refused with a 4xx.
-        (6, c => c.BadRequestAsync()),
-    ];
-
-    private static readonly int TotalWeight = Mix.Sum(m => m.Weight);
-
-    private readonly Random _rng = new(1000 + index);
+    private readonly (int Weight, Func<Task> Run)[] _mix;
+    private readonly int _totalWeight;
+    private readonly int _index;
+    private readonly Api _api;
+    private readonly World _world;
+    private readonly JobTracker _jobs;
+    private readonly StreamStats _events;
+    private readonly string[] _own;
+    private readonly string? _vm;
+    private readonly Random _rng;
     private readonly List<string> _temporary = [];
     private readonly List<(string Name, string Secret)> _tokens = [];
     private readonly List<(string Path, string? Body, string Key)> _keys = [];
+    private readonly Queue<JobTracker.Tracked> _myJobs = new();
     private string? _staleETag;
     private int _n;
+
+    public Client(int index, Api api, World world, JobTracker jobs, StreamStats events)
+    {
+        _index = index;
+        _api = api;
+        _world = world;
+        _jobs = jobs;
+        _events = events;
+        _rng = new Random(1000 + index);
+        _own = [.. world.Sims.Skip(index * World.SimsPerClient).Take(World.SimsPerClient)];
+        _vm = index < world.Vms.Length ? world.Vms[index] : null;
+        _mix =
+        [
+            // Reads, of anything.
+            (8, ListDomainsAsync),
+            (10, GetDomainAsync),
+            (4, GateAsync),
+            (5, ListJobsAsync),
+            (6, GetJobAsync),
+            (3, HostAsync),
+            (3, ProbesAsync),
+            (2, WhoAmIAsync),
+            (2, ReadTokensAsync),
+            (1, ShortStreamAsync),
+            // Changes, of its own.
+            (28, SimulatedActionAsync),
+            (_vm is null ? 0 : 10, VmActionAsync),
+            (3, CancelJobAsync),
+            (4, UpdateAsync),
+            (4, TemporaryDomainAsync),
+            (1, TokenLifecycleAsync),
+            (1, SessionLifecycleAsync),
+            // Requests that must be refused with a 4xx.
+            (6, BadRequestAsync),
+        ];
+        _totalWeight = _mix.Sum(m => m.Weight);
+    }
 
     public async Task RunAsync(Func<bool> running)
     {
         while (running())
         {
-            var pick = _rng.Next(TotalWeight);
-            foreach (var (weight, run) in Mix)
+            var pick = _rng.Next(_totalWeight);
+            foreach (var (weight, run) in _mix)
             {
                 if ((pick -= weight) >= 0) continue;
-                await run(this).ConfigureAwait(false);
+                await run().ConfigureAwait(false);
                 break;
             }
         }
         // Leave nothing of this client's behind: its temporary domains and tokens.
         foreach (var name in _temporary.ToList()) await RemoveTemporaryAsync(name, force: true).ConfigureAwait(false);
-        foreach (var (name, _) in _tokens) await api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + name).ConfigureAwait(false);
+        foreach (var (name, _) in _tokens) await _api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + name).ConfigureAwait(false);
     }
 
     // ---------------- reads ----------------
@@ -145,69 +174,69 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
     {
         string[] queries = ["", "?state=running", "?driver=qemu", "?state=paused&driver=simulated", "?limit=50", "?state=shut-off&limit=20"];
         var query = queries[_rng.Next(queries.Length)];
-        var r = await api.GetAsync(Soak.DomainsOp, "/api/v1/domains" + query).ConfigureAwait(false);
+        var r = await _api.GetAsync(Soak.DomainsOp, "/api/v1/domains" + query).ConfigureAwait(false);
         // Follow one page further (the cursor in the body, as in the Link header).
-        if (r.Status == 200 && r.Str("next") is { } next && query.Contains("limit", StringComparison.Ordinal))
-            await api.GetAsync(Soak.DomainsOp, $"/api/v1/domains{query}&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
+        if (r.Status == 200 && r.As(SoakJson.Default.PageDto)?.Next is { } next && query.Contains("limit", StringComparison.Ordinal))
+            await _api.GetAsync(Soak.DomainsOp, $"/api/v1/domains{query}&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
     }
 
     private async Task GetDomainAsync()
     {
         var name = AnyDomain();
         // By UUID now and then ({id} is a name or a UUID).
-        var id = _rng.Next(5) == 0 && world.Uuids.TryGetValue(name, out var uuid) ? uuid : name;
-        var r = await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + id).ConfigureAwait(false);
+        var id = _rng.Next(5) == 0 && _world.Uuids.TryGetValue(name, out var uuid) ? uuid : name;
+        var r = await _api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + id).ConfigureAwait(false);
         if (r.ETag is not null) _staleETag ??= r.ETag;
     }
 
-    private Task GateAsync() => api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate");
+    private Task GateAsync() => _api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate");
 
     private async Task ListJobsAsync()
     {
         string[] queries = ["?limit=20", $"?domain={AnyDomain()}", "?state=running", "?state=queued&limit=50", "?state=failed&limit=10", "?limit=5"];
         var query = queries[_rng.Next(queries.Length)];
-        var r = await api.GetAsync(Soak.JobsOp, "/api/v1/jobs" + query).ConfigureAwait(false);
-        if (r.Status == 200 && r.Str("next") is { } next && query == "?limit=5")
-            await api.GetAsync(Soak.JobsOp, $"/api/v1/jobs?limit=5&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
+        var r = await _api.GetAsync(Soak.JobsOp, "/api/v1/jobs" + query).ConfigureAwait(false);
+        if (r.Status == 200 && r.As(SoakJson.Default.PageDto)?.Next is { } next && query == "?limit=5")
+            await _api.GetAsync(Soak.JobsOp, $"/api/v1/jobs?limit=5&after={Uri.EscapeDataString(next)}").ConfigureAwait(false);
     }
 
     private async Task GetJobAsync()
     {
-        if (jobs.RandomRecent(_rng) is not { } id) return;
+        if (_jobs.RandomRecent(_rng) is not { } id) return;
         var wait = _rng.Next(3) == 0 ? 1 + _rng.Next(3) : -1;
-        var r = await api.GetAsync(Soak.JobOp, $"/api/v1/jobs/{id}{(wait >= 0 ? $"?wait={wait}" : "")}", waitSeconds: Math.Max(wait, 0)).ConfigureAwait(false);
-        if (r.Status == 200) jobs.Seen(r.Json);
+        var r = await _api.GetAsync(Soak.JobOp, $"/api/v1/jobs/{id}{(wait >= 0 ? $"?wait={wait}" : "")}", waitSeconds: Math.Max(wait, 0)).ConfigureAwait(false);
+        _jobs.Seen(r.Job);
     }
 
-    private Task HostAsync() => api.GetAsync(Soak.HostOp, "/api/v1/host");
+    private Task HostAsync() => _api.GetAsync(Soak.HostOp, "/api/v1/host");
 
     private Task ProbesAsync() => _rng.Next(2) == 0
-        ? api.GetAsync(Soak.HealthzOp, "/healthz", token: Api.Anonymous)
-        : api.GetAsync(Soak.ReadyzOp, "/readyz", token: Api.Anonymous);
+        ? _api.GetAsync(Soak.HealthzOp, "/healthz", token: Api.Anonymous)
+        : _api.GetAsync(Soak.ReadyzOp, "/readyz", token: Api.Anonymous);
 
-    private Task WhoAmIAsync() => api.GetAsync(Soak.SessionGetOp, "/api/v1/session",
-        token: _rng.Next(3) switch { 0 => world.ReaderToken, 1 => world.OperatorToken, _ => null });
+    private Task WhoAmIAsync() => _api.GetAsync(Soak.SessionGetOp, "/api/v1/session",
+        token: _rng.Next(3) switch { 0 => _world.ReaderToken, 1 => _world.OperatorToken, _ => null });
 
     private Task ReadTokensAsync() => _rng.Next(3) switch
     {
-        0 => api.GetAsync(Soak.TokensOp, "/api/v1/tokens"),
-        1 => api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/soak-reader"),
-        _ => api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/" + (_tokens.Count > 0 ? _tokens[0].Name : "no-such-token")),
+        0 => _api.GetAsync(Soak.TokensOp, "/api/v1/tokens"),
+        1 => _api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/soak-reader"),
+        _ => _api.GetAsync(Soak.TokenGetOp, "/api/v1/tokens/" + (_tokens.Count > 0 ? _tokens[0].Name : "no-such-token")),
     };
 
     /// <summary>A short stream that resumes from a recent id (a replay) or an ancient one (a resync), reads a little and goes.</summary>
     private async Task ShortStreamAsync()
     {
-        var from = _rng.Next(5) == 0 ? 1 : Math.Max(1, events.LastId - _rng.Next(200));
+        var from = _rng.Next(5) == 0 ? 1 : Math.Max(1, _events.LastId - _rng.Next(200));
         using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/events?types=job.,domain.&lastEventId={from}");
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", api.AdminToken);
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", _api.AdminToken);
         using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(1 + _rng.NextDouble()));
         try
         {
-            using var response = await api.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline.Token).ConfigureAwait(false);
+            using var response = await _api.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, deadline.Token).ConfigureAwait(false);
             var status = (int)response.StatusCode;
-            api.Stats.Count(Soak.EventsOp, status);
-            if (status >= 500) api.Stats.ServerError("GET", request.RequestUri!.ToString(), status, await response.Content.ReadAsStringAsync(CancellationToken.None).ConfigureAwait(false));
+            _api.Stats.Count(Soak.EventsOp, status);
+            if (status >= 500) _api.Stats.ServerError("GET", request.RequestUri!.ToString(), status, await response.Content.ReadAsStringAsync(CancellationToken.None).ConfigureAwait(false));
             if (status != 200) return;
             await using var body = await response.Content.ReadAsStreamAsync(deadline.Token).ConfigureAwait(false);
             using var reader = new StreamReader(body);
@@ -219,20 +248,26 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
         }
         catch (Exception e) when (e is HttpRequestException or IOException)
         {
-            api.Stats.NoAnswer("GET", "/api/v1/events (short)", Stats.Describe(e));
+            _api.Stats.NoAnswer("GET", "/api/v1/events (short)", Stats.Describe(e));
         }
     }
 
     // ---------------- actions ----------------
 
+    /// <summary>
+    /// Any action on one of its two simulated domains. A guest that ignores the power button gets no reboot (the daemon
+    /// would wait its whole ACPI timeout, 60 s), no guest a shutdown without a short timeout, and one that ignores SIGTERM
+    /// no destroy with the default 10 s before SIGKILL: the soak is about load, not about waiting.
+    /// </summary>
     private async Task SimulatedActionAsync()
     {
-        var name = world.Sims[_rng.Next(world.Sims.Length)];
+        var name = _own[_rng.Next(_own.Length)];
         var action = Soak.Actions[_rng.Next(Soak.Actions.Length)];
+        if (action == "reboot" && _world.IgnoresAcpi.Contains(name)) action = "reset";
         var body = action switch
         {
-            "shutdown" => ShutdownBody(world.IgnoresAcpi.Contains(name)),
-            "destroy" => DestroyBody(),
+            "shutdown" => ShutdownBody(),
+            "destroy" => DestroyBody(_world.IgnoresSigterm.Contains(name)),
             _ => null,
         };
         var wait = _rng.Next(10) switch { < 4 => -1, < 8 => 5, _ => _rng.Next(3) };
@@ -240,23 +275,28 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
     }
 
     /// <summary>
-    /// The VMs stay mostly running: suspend and resume, starts (of a VM someone destroyed, else a no-op), and now and
-    /// then a reset, an ACPI reboot or a destroy and a start: at most one such restart every 5 s over all VMs, and only of
-    /// a guest that is up. A guest's boot costs a TCG VM seconds of CPU, and the two cores are the daemon's too.
+    /// Its VM stays mostly running: suspend and resume, starts (a no-op unless it was destroyed), and now and then a reset,
+    /// an ACPI reboot or a destroy and a start: at most one such restart every 5 s over all VMs, and only of a guest that
+    /// is up. A guest's boot costs a TCG VM seconds of CPU, and the two cores are the daemon's too.
     /// </summary>
     private async Task VmActionAsync()
     {
-        var vm = world.Vms[_rng.Next(world.Vms.Length)];
+        var vm = _vm!;
         var wait = _rng.Next(2) == 0 ? 10 : -1;
         var roll = _rng.Next(100);
-        if (roll < 10 && world.MayRestart(vm))
+        if (roll < 10 && _world.MayRestart(vm))
         {
             switch (_rng.Next(10))
             {
                 case < 4: await ActAsync(vm, "reset", null, wait).ConfigureAwait(false); break;
-                case < 8: await ActAsync(vm, "reboot", null, wait).ConfigureAwait(false); break;
+                case < 8:
+                    // The power button of a paused guest goes unheard until the reboot's timeout: resume it first (once
+                    // this job has ended, nothing of this client's is queued on the VM).
+                    await ActAsync(vm, "resume", null, 10).ConfigureAwait(false);
+                    await ActAsync(vm, "reboot", null, wait).ConfigureAwait(false);
+                    break;
                 default:
-                    await ActAsync(vm, "destroy", _rng.Next(2) == 0 ? null : """{"timeout":5}""", 30).ConfigureAwait(false);
+                    await ActAsync(vm, "destroy", _rng.Next(2) == 0 ? null : Json(new DestroyCommand(false, 5), SoakJson.Default.DestroyCommand), 30).ConfigureAwait(false);
                     await ActAsync(vm, "start", null, 30).ConfigureAwait(false);
                     break;
             }
@@ -277,6 +317,9 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
 
     private async Task<Reply> ActAsync(string name, string action, string? body, int wait, bool idempotencyKey = false, string? token = null)
     {
+        // A client that fires and forgets keeps at most two jobs of its own not yet ended on a domain, then waits: a
+        // domain's jobs run one at a time, and a queue of sixteen 3-s shutdowns is a client's bug, not load.
+        if (wait < 0 && _myJobs.Count(j => j.Domain == name && j.State is null) >= 2) wait = 5;
         var path = $"/api/v1/domains/{name}/{action}{(wait >= 0 ? $"?wait={wait}" : "")}";
         string? key = null;
         if (idempotencyKey)
@@ -294,38 +337,49 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
             }
             else
             {
-                key = $"soak-{index}-{++_n}";
+                key = $"soak-{_index}-{++_n}";
                 _keys.Add((path, body, key));
                 if (_keys.Count > 8) _keys.RemoveAt(0);
             }
         }
-        var r = await api.PostAsync(Soak.ActionOp(path.Split('?')[0].Split('/')[^1]), path, body, token: token, waitSeconds: Math.Max(wait, 0),
+        var r = await _api.PostAsync(Soak.ActionOp(path.Split('?')[0].Split('/')[^1]), path, body, token: token, waitSeconds: Math.Max(wait, 0),
             configure: key is null ? null : m => m.Headers.Add("Idempotency-Key", key)).ConfigureAwait(false);
-        if (r.Status is 200 or 202) jobs.Submitted(r.Json);
+        if (_jobs.Submitted(r.Job) is { } job)
+        {
+            _myJobs.Enqueue(job);
+            if (_myJobs.Count > 16) _myJobs.Dequeue();
+        }
         return r;
     }
 
-    private string? ShutdownBody(bool ignoresAcpi) => _rng.Next(4) switch
+    /// <summary>
+    /// Always with a timeout of at most 3 s: a guest that ignores the power button, and any guest while it is paused, would
+    /// hold its domain for the default 60 s, and every job queued behind would fail domain-busy after 30 s.
+    /// </summary>
+    private string ShutdownBody() => _rng.Next(3) switch
     {
-        0 when !ignoresAcpi => null, // the default timeout (60 s): only for guests that react to the button
-        1 => """{"timeout":2}""",
-        2 => """{"timeout":1,"force":true}""",
-        _ => $$"""{"timeout":{{_rng.Next(4)}},"force":{{(_rng.Next(2) == 0 ? "true" : "false")}}}""",
+        0 => Json(new ShutdownCommand(2, false), SoakJson.Default.ShutdownCommand),
+        1 => Json(new ShutdownCommand(1, true), SoakJson.Default.ShutdownCommand),
+        _ => Json(new ShutdownCommand(_rng.Next(4), _rng.Next(2) == 0), SoakJson.Default.ShutdownCommand),
     };
 
-    private string? DestroyBody() => _rng.Next(4) switch
+    private string? DestroyBody(bool ignoresSigterm) => _rng.Next(4) switch
     {
-        0 => null,
-        1 => """{"timeout":1}""",
-        2 => """{"graceful":true,"timeout":1}""",
-        _ => """{"graceful":false,"timeout":0}""",
+        0 when !ignoresSigterm => null, // SIGTERM, up to 10 s, SIGKILL
+        0 or 1 => Json(new DestroyCommand(false, 1), SoakJson.Default.DestroyCommand),
+        2 => Json(new DestroyCommand(true, 1), SoakJson.Default.DestroyCommand),
+        _ => Json(new DestroyCommand(false, 0), SoakJson.Default.DestroyCommand),
     };
 
+    private static string Json<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type) => System.Text.Json.JsonSerializer.Serialize(value, type);
+
+    /// <summary>Cancels one of its own recent jobs (202 when queued or cancellable, else 409 job-not-cancellable, or 404 once pruned).</summary>
     private async Task CancelJobAsync()
     {
-        if (jobs.RandomRecent(_rng) is not { } id) return;
-        var r = await api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + id, token: _rng.Next(2) == 0 ? world.OperatorToken : null).ConfigureAwait(false);
-        if (r.Status == 202) jobs.Seen(r.Json);
+        if (_myJobs.Count == 0) return;
+        var id = _myJobs.ElementAt(_rng.Next(_myJobs.Count)).Id;
+        var r = await _api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + id, token: _rng.Next(2) == 0 ? _world.OperatorToken : null).ConfigureAwait(false);
+        _jobs.Seen(r.Job);
     }
 
     // ---------------- definitions, tokens, sessions ----------------
@@ -335,16 +389,16 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
     {
         var name = _rng.Next(10) switch
         {
-            0 => world.Vms[_rng.Next(world.Vms.Length)],
+            0 when _vm is not null => _vm,
             1 when _temporary.Count > 0 => _temporary[0],
-            _ => world.Sims[_rng.Next(world.Sims.Length)],
+            _ => _own[_rng.Next(_own.Length)],
         };
-        var g = await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false);
-        if (g.Status != 200 || g.Json?["definition"]?.DeepClone() is not JsonObject definition) return;
-        definition["description"] = $"soak client {index} update {++_n}";
-        if (name.StartsWith("sim-", StringComparison.Ordinal)) definition["memoryMiB"] = 64 * (1 + _rng.Next(2));
+        var g = await _api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false);
+        if (g.Status != 200 || g.As(SoakJson.Default.DomainDto)?.Definition is not { } definition) return;
+        definition.Description = $"soak client {_index} update {++_n}";
+        if (name.StartsWith("sim-", StringComparison.Ordinal)) definition.MemoryMiB = 64 * (1 + _rng.Next(2));
         var etag = _rng.Next(10) switch { 0 => null, 1 => _staleETag ?? "\"stale\"", _ => g.ETag };
-        var r = await api.SendAsync(Soak.DomainPutOp, HttpMethod.Put, "/api/v1/domains/" + name, definition.ToJsonString(),
+        var r = await _api.SendAsync(Soak.DomainPutOp, HttpMethod.Put, "/api/v1/domains/" + name, Json(definition, SoakJson.Default.DomainDefinition),
             configure: etag is null ? null : m => m.Headers.TryAddWithoutValidation("If-Match", etag)).ConfigureAwait(false);
         if (r.ETag is not null && _rng.Next(4) == 0) _staleETag = g.ETag; // an ETag that has just gone stale
     }
@@ -354,17 +408,17 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
     {
         if (_temporary.Count < 3 && (_temporary.Count == 0 || _rng.Next(2) == 0))
         {
-            var name = $"tmp-{index}-{++_n}";
-            var definition = new JsonObject
+            var name = $"tmp-{_index}-{++_n}";
+            var definition = new DomainDefinition
             {
-                ["name"] = name,
-                ["driver"] = "simulated",
-                ["vcpus"] = 1 + _rng.Next(2),
-                ["memoryMiB"] = 64,
-                ["description"] = "soak: temporary",
-                ["simulation"] = new JsonObject { ["bootDelayMs"] = _rng.Next(200), ["acpiShutdownDelayMs"] = _rng.Next(200) },
+                Name = name,
+                Driver = "simulated",
+                Vcpus = 1 + _rng.Next(2),
+                MemoryMiB = 64,
+                Description = "soak: temporary",
+                Simulation = new SimulationConfig(_rng.Next(200), _rng.Next(200), false, false),
             };
-            var r = await api.PostAsync(Soak.DefineOp, "/api/v1/domains", definition.ToJsonString(),
+            var r = await _api.PostAsync(Soak.DefineOp, "/api/v1/domains", definition, SoakJson.Default.DomainDefinition,
                 configure: _rng.Next(5) == 0 ? m => m.Headers.Add("Idempotency-Key", $"soak-define-{name}") : null).ConfigureAwait(false);
             if (r.Status == 201)
             {
@@ -383,9 +437,9 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
         if (force)
         {
             await ActAsync(name, "destroy", null, 10).ConfigureAwait(false);
-            etag = (await api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false)).ETag;
+            etag = (await _api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + name).ConfigureAwait(false)).ETag;
         }
-        var r = await api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + name,
+        var r = await _api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + name,
             configure: etag is null ? null : m => m.Headers.TryAddWithoutValidation("If-Match", etag)).ConfigureAwait(false);
         if (r.Status is 204 or 404) _temporary.Remove(name);
     }
@@ -395,36 +449,38 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
     {
         if (_tokens.Count < 2)
         {
-            var name = $"tok-{index}-{++_n}";
+            var name = $"tok-{_index}-{++_n}";
             var role = new[] { "reader", "operator", "admin" }[_rng.Next(3)];
-            var expires = _rng.Next(2) == 0 ? "null" : $"\"{DateTimeOffset.UtcNow.AddHours(1):O}\"";
-            var r = await api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", $$"""{"name":"{{name}}","role":"{{role}}","expiresAt":{{expires}}}""").ConfigureAwait(false);
-            if (r.Status == 201 && r.Str("secret") is { } secret)
+            var expires = _rng.Next(2) == 0 ? (DateTimeOffset?)null : DateTimeOffset.UtcNow.AddHours(1);
+            var r = await _api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", new CreateTokenRequest(name, role, expires), SoakJson.Default.CreateTokenRequest)
+                .ConfigureAwait(false);
+            if (r.Status == 201 && r.As(SoakJson.Default.CreatedTokenDto)?.Secret is { } secret)
             {
                 _tokens.Add((name, secret));
-                await api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: secret).ConfigureAwait(false);
+                await _api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: secret).ConfigureAwait(false);
             }
             return;
         }
         var (gone, goneSecret) = _tokens[0];
-        var d = await api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + gone).ConfigureAwait(false);
+        var d = await _api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + gone).ConfigureAwait(false);
         if (d.Status is 204 or 404)
         {
             _tokens.RemoveAt(0);
-            await api.GetAsync(Soak.HostOp, "/api/v1/host", token: goneSecret).ConfigureAwait(false); // 401 from now on
+            await _api.GetAsync(Soak.HostOp, "/api/v1/host", token: goneSecret).ConfigureAwait(false); // 401 from now on
         }
     }
 
     /// <summary>The dashboard's way in: sign in with a token (cookie), who am I with the cookie alone, sign out.</summary>
     private async Task SessionLifecycleAsync()
     {
-        var r = await api.PostAsync(Soak.SessionPostOp, "/api/v1/session", $$"""{"token":"{{world.SessionToken}}"}""", token: Api.Anonymous).ConfigureAwait(false);
+        var r = await _api.PostAsync(Soak.SessionPostOp, "/api/v1/session", new SessionRequest(_world.SessionToken), SoakJson.Default.SessionRequest, token: Api.Anonymous)
+            .ConfigureAwait(false);
         if (r.Status != 204 || r.SetCookie?.Split(';')[0] is not { } cookie) return;
-        await api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: Api.Anonymous).ConfigureAwait(false); // no cookie, no token: 401
-        await api.SendAsync(Soak.SessionGetOp, HttpMethod.Get, "/api/v1/session", token: Api.Anonymous,
+        await _api.GetAsync(Soak.SessionGetOp, "/api/v1/session", token: Api.Anonymous).ConfigureAwait(false); // no cookie, no token: 401
+        await _api.SendAsync(Soak.SessionGetOp, HttpMethod.Get, "/api/v1/session", token: Api.Anonymous,
             configure: m => m.Headers.Add("Cookie", cookie)).ConfigureAwait(false);
         // A change made with the cookie carries Content-Type: application/json (CSRF).
-        await api.SendAsync(Soak.SessionDeleteOp, HttpMethod.Delete, "/api/v1/session", "", token: Api.Anonymous,
+        await _api.SendAsync(Soak.SessionDeleteOp, HttpMethod.Delete, "/api/v1/session", "", token: Api.Anonymous,
             configure: m => m.Headers.Add("Cookie", cookie)).ConfigureAwait(false);
     }
 
@@ -432,50 +488,54 @@ internal sealed class Client(int index, Api api, World world, JobTracker jobs, S
 
     private Task BadRequestAsync()
     {
-        var sim = world.Sims[_rng.Next(world.Sims.Length)];
+        var sim = _own[_rng.Next(_own.Length)];
+        var other = _world.Sims[_rng.Next(_world.Sims.Length)];
         var unknown = $"no-such-domain-{_rng.Next(1000)}";
         return _rng.Next(24) switch
         {
-            0 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"-bad name","memoryMiB":4}"""),
-            1 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"x","memoryMiB":"""),
-            2 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"y","memoryMiB":64,"colour":"blue"}"""),
-            3 => api.SendAsync(Soak.DefineOp, HttpMethod.Post, "/api/v1/domains", "name=z", contentType: "text/plain"),
-            4 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", $$"""{"name":"{{sim}}","driver":"simulated","memoryMiB":64}"""), // 409 domain-exists
+            0 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"-bad name","memoryMiB":4}"""),
+            1 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"x","memoryMiB":"""),
+            2 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"y","memoryMiB":64,"colour":"blue"}"""),
+            3 => _api.SendAsync(Soak.DefineOp, HttpMethod.Post, "/api/v1/domains", "name=z", contentType: "text/plain"),
+            4 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", new DomainDefinition { Name = other, Driver = "simulated", MemoryMiB = 64 },
+                SoakJson.Default.DomainDefinition), // 409 domain-exists
             5 => ActAsync(unknown, Soak.Actions[_rng.Next(Soak.Actions.Length)], null, -1),
-            6 => api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + (_rng.Next(2) == 0 ? unknown : Guid.NewGuid().ToString())),
-            7 => api.GetAsync(Soak.JobOp, "/api/v1/jobs/" + (_rng.Next(2) == 0 ? Guid.NewGuid().ToString() : "not-a-job-id")),
-            8 => api.GetAsync(Soak.JobsOp, "/api/v1/jobs?state=bogus"),
-            9 => api.GetAsync(Soak.DomainsOp, "/api/v1/domains?limit=10&after=bm90IGEgY3Vyc29y"),
-            10 => api.PostAsync(Soak.ActionOp("start"), $"/api/v1/domains/{sim}/start?wait={(_rng.Next(2) == 0 ? 999 : -5)}", null),
+            6 => _api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + (_rng.Next(2) == 0 ? unknown : Guid.NewGuid().ToString())),
+            7 => _api.GetAsync(Soak.JobOp, "/api/v1/jobs/" + (_rng.Next(2) == 0 ? Guid.NewGuid().ToString() : "not-a-job-id")),
+            8 => _api.GetAsync(Soak.JobsOp, "/api/v1/jobs?state=bogus"),
+            9 => _api.GetAsync(Soak.DomainsOp, "/api/v1/domains?limit=10&after=bm90IGEgY3Vyc29y"),
+            10 => _api.PostAsync(Soak.ActionOp("start"), $"/api/v1/domains/{sim}/start?wait={(_rng.Next(2) == 0 ? 999 : -5)}", null),
             11 => ActAsync(sim, "shutdown", """{"timeout":-5}""", -1),
-            12 => ActAsync(sim, "destroy", _rng.Next(2) == 0 ? """{"timeout":1000}""" : """{"signal":"KILL"}""", -1),
-            13 => api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + world.Vms[_rng.Next(world.Vms.Length)]), // 409 domain-active (or 404 never)
-            14 => api.GetAsync(Soak.HostOp, "/api/v1/host", token: _rng.Next(2) == 0 ? Api.Anonymous : "virtd_not-a-real-secret"),
-            15 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"by-a-reader","memoryMiB":64}""", token: world.ReaderToken), // 403
-            16 => ActAsync(sim, "suspend", null, -1, token: world.ReaderToken), // 403: reader
-            17 => api.GetAsync("GET /api/v1/no-such-route", "/api/v1/no-such-route"),
-            18 => api.GetAsync(Soak.EventsOp, "/api/v1/events?lastEventId=not-a-number"),
-            19 => api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", """{"name":"bad role","role":"emperor"}"""),
-            20 => api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + Guid.NewGuid()),
+            12 => ActAsync(sim, "destroy", _rng.Next(2) == 0 ? Json(new DestroyCommand(false, 1000), SoakJson.Default.DestroyCommand)
+                : Json(new DestroyWithSignal("KILL"), SoakJson.Default.DestroyWithSignal), -1),
+            // Undefine another's domain with an ETag it never had: 412, whatever state the domain is in.
+            13 => _api.DeleteAsync(Soak.UndefineOp, "/api/v1/domains/" + other, configure: m => m.Headers.TryAddWithoutValidation("If-Match", "\"soak-not-an-etag\"")),
+            14 => _api.GetAsync(Soak.HostOp, "/api/v1/host", token: _rng.Next(2) == 0 ? Api.Anonymous : "virtd_not-a-real-secret"),
+            15 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", """{"name":"by-a-reader","memoryMiB":64}""", token: _world.ReaderToken), // 403
+            16 => ActAsync(sim, "suspend", null, -1, token: _world.ReaderToken), // 403: reader
+            17 => _api.GetAsync("GET /api/v1/no-such-route", "/api/v1/no-such-route"),
+            18 => _api.GetAsync(Soak.EventsOp, "/api/v1/events?lastEventId=not-a-number"),
+            19 => _api.PostAsync(Soak.TokenCreateOp, "/api/v1/tokens", """{"name":"bad role","role":"emperor"}"""),
+            20 => _api.DeleteAsync(Soak.JobCancelOp, "/api/v1/jobs/" + Guid.NewGuid()),
             // 413, asked as a careful client asks before a large upload: "Expect: 100-continue" gets the 413 before the body
             // is sent, and "Connection: close" because the daemon closes the connection after its 413 without saying so (no
             // "Connection: close" in the answer), so a client that reuses it fails its next request. Without them, the
             // daemon answers while the body is still being sent and drops the connection: the client gets a broken pipe.
-            21 => api.PostAsync(Soak.DefineOp, "/api/v1/domains", $$"""{"name":"huge","description":"{{new string('x', 1_100_000)}}"}""",
+            21 => _api.PostAsync(Soak.DefineOp, "/api/v1/domains", $$"""{"name":"huge","description":"{{new string('x', 1_100_000)}}"}""",
                 configure: m =>
                 {
                     m.Headers.ExpectContinue = true;
                     m.Headers.ConnectionClose = true;
                 }),
-            22 => api.SendAsync("PATCH /api/v1/domains/{id}", HttpMethod.Patch, "/api/v1/domains/" + sim, "{}"), // 405
-            _ => api.SendAsync(Soak.HostOp, HttpMethod.Get, "/api/v1/host", configure: m => m.Headers.Host = "evil.example"), // 400 host-not-allowed
+            22 => _api.SendAsync("PATCH /api/v1/domains/{id}", HttpMethod.Patch, "/api/v1/domains/" + other, "{}"), // 405
+            _ => _api.SendAsync(Soak.HostOp, HttpMethod.Get, "/api/v1/host", configure: m => m.Headers.Host = "evil.example"), // 400 host-not-allowed
         };
     }
 
     private string AnyDomain() => _rng.Next(10) switch
     {
-        0 => world.Vms[_rng.Next(world.Vms.Length)],
+        0 => _world.Vms[_rng.Next(_world.Vms.Length)],
         1 when _temporary.Count > 0 => _temporary[_rng.Next(_temporary.Count)],
-        _ => world.Sims[_rng.Next(world.Sims.Length)],
+        _ => _world.Sims[_rng.Next(_world.Sims.Length)],
     };
 }

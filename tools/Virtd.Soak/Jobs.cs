@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Text.Json.Nodes;
 
 namespace Virtd.Soak;
 
@@ -20,21 +19,21 @@ internal sealed class JobTracker
     public int Count => _jobs.Count;
 
     /// <summary>A job body from an action's answer: tracked from now on.</summary>
-    public void Submitted(JsonNode? job)
+    public Tracked? Submitted(JobDto? job)
     {
-        if (job is not JsonObject o || Soak.Str(o, "id") is not { } id || Soak.Str(o, "kind") is not { } kind) return;
-        var t = _jobs.GetOrAdd(id, _ => new Tracked(id, kind, Soak.Str(o, "domain") ?? "?"));
-        _recent[Interlocked.Increment(ref _next) % _recent.Length] = id;
-        Observe(t, Soak.Str(o, "state"), Soak.Str(o["error"] as JsonObject, "code"));
+        if (job is null) return null;
+        var t = _jobs.GetOrAdd(job.Id, _ => new Tracked(job.Id, job.Kind, job.Domain));
+        _recent[Interlocked.Increment(ref _next) % _recent.Length] = job.Id;
+        Observe(t, job.State, job.Error?.Code);
         // The tracker stream may have seen it end before the answer arrived.
-        if (_finishedEvents.TryRemove(id, out var state)) Observe(t, state, null);
+        if (_finishedEvents.TryRemove(job.Id, out var state)) Observe(t, state, null);
+        return t;
     }
 
     /// <summary>A job body from any other answer (a GET of the job).</summary>
-    public void Seen(JsonNode? job)
+    public void Seen(JobDto? job)
     {
-        if (job is JsonObject o && Soak.Str(o, "id") is { } id && _jobs.TryGetValue(id, out var t))
-            Observe(t, Soak.Str(o, "state"), Soak.Str(o["error"] as JsonObject, "code"));
+        if (job is not null && _jobs.TryGetValue(job.Id, out var t)) Observe(t, job.State, job.Error?.Code);
     }
 
     /// <summary>A <c>job.finished</c> event.</summary>

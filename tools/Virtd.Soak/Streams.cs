@@ -151,11 +151,7 @@ internal sealed class EventReader(Api api, StreamStats stats, JobTracker? tracke
 
     private void Finished(string data)
     {
-        using var doc = JsonDocument.Parse(data);
-        var root = doc.RootElement;
-        if (root.TryGetProperty("jobId", out var id) && root.TryGetProperty("state", out var state))
-            tracker!.FinishedEvent(id.GetString()!, state.GetString()!,
-                root.TryGetProperty("errorCode", out var code) && code.ValueKind == JsonValueKind.String ? code.GetString() : null);
+        if (JsonSerializer.Deserialize(data, SoakJson.Default.JobFinishedEvent) is { } e) tracker!.FinishedEvent(e.JobId, e.State, e.ErrorCode);
     }
 }
 
