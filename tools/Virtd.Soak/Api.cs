@@ -48,6 +48,26 @@ internal sealed class Api(HttpClient http, Stats stats, string adminToken)
     public Stats Stats => stats;
     public HttpClient Http => http;
 
+    /// <summary>
+    /// An HTTP client to <paramref name="url"/> with connections kept for the whole soak (so that the daemon's sockets at
+    /// the end are those at the warm-up), at most <paramref name="connections"/> of them.
+    /// </summary>
+    public static HttpClient Connect(Uri url, int connections) => new(new SocketsHttpHandler
+    {
+        MaxConnectionsPerServer = connections,
+        UseCookies = false, // the session clients handle their cookie themselves
+        PooledConnectionIdleTimeout = TimeSpan.FromMinutes(10),
+        PooledConnectionLifetime = Timeout.InfiniteTimeSpan,
+        ConnectTimeout = TimeSpan.FromSeconds(10),
+    })
+    {
+        BaseAddress = url,
+        Timeout = Timeout.InfiniteTimeSpan,
+    };
+
+    /// <summary>The same API through one connection of its own, as a separate client process has (counted in the same <see cref="Stats"/>).</summary>
+    public Api OwnConnection() => new(Connect(http.BaseAddress!, 1), stats, adminToken);
+
     public Task<Reply> GetAsync(string op, string path, string? token = null, int waitSeconds = 0) =>
         SendAsync(op, HttpMethod.Get, path, token: token, waitSeconds: waitSeconds);
 

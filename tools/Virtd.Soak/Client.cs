@@ -66,6 +66,23 @@ internal sealed class Guest(string consoleLog)
     /// <summary>The soak is about to make the guest boot again: what the console holds so far is of the previous boot.</summary>
     public void Restarting() => Interlocked.Exchange(ref _mark, Length());
 
+    private volatile bool _booted;
+
+    /// <summary>Whether the guest has printed its ready line at all: its first boot is done.</summary>
+    public bool Booted()
+    {
+        if (_booted) return true;
+        try
+        {
+            using var fs = new FileStream(consoleLog, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            return _booted = new StreamReader(fs).ReadToEnd().Contains(ReadyLine, StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Whether the guest printed its ready line since the last <see cref="Restarting"/>.</summary>
     public bool IsUp()
     {
@@ -151,7 +168,11 @@ internal sealed class Client
         _totalWeight = _mix.Sum(m => m.Weight);
     }
 
-    public async Task RunAsync(Func<bool> running)
+    /// <summary>
+    /// Runs the mix while <paramref name="running"/> holds, with a think time between operations drawn uniformly from
+    /// 0 to twice <paramref name="thinkMs"/> (0: none, a closed loop as fast as the daemon answers).
+    /// </summary>
+    public async Task RunAsync(Func<bool> running, int thinkMs)
     {
         while (running())
         {
@@ -162,6 +183,7 @@ internal sealed class Client
                 await run().ConfigureAwait(false);
                 break;
             }
+            if (thinkMs > 0) await Task.Delay(_rng.Next(2 * thinkMs + 1)).ConfigureAwait(false);
         }
         // Leave nothing of this client's behind: its temporary domains and tokens.
         foreach (var name in _temporary.ToList()) await RemoveTemporaryAsync(name, force: true).ConfigureAwait(false);

@@ -4,7 +4,7 @@ using System.Text.Json;
 
 // The soak of issue 14 against a running virtd (scripts/soak starts one and runs this):
 //   virtd-soak --url URL --token-file FILE --pid PID --kernel K --initrd I --run-directory DIR --state DIR
-//              [--seconds 20] [--warmup 10] [--clients 100] [--streams 20] [--vms 10] [--openapi openapi/virtd.v1.json]
+//              [--seconds 20] [--warmup 10] [--clients 100] [--think-ms 200] [--streams 20] [--vms 10] [--openapi openapi/virtd.v1.json]
 // --run-directory is the daemon's RunDirectory (its QEMU processes carry it in VIRTD_RUN_DIRECTORY); --state its
 // StateDirectory (the VMs' serial consoles, read to reboot only guests that are up).
 // Exit code 0 when it passed, 1 when it failed, 2 for bad arguments.
@@ -13,10 +13,10 @@ return await Virtd.Soak.Soak.MainAsync(args);
 namespace Virtd.Soak
 {
     internal sealed record Options(Uri Url, string TokenFile, int Pid, string Kernel, string Initrd, string RunDirectory, string StateDirectory,
-        int Seconds, int WarmUp, int Clients, int Streams, int Vms, string? OpenApi)
+        int Seconds, int WarmUp, int Clients, int ThinkMs, int Streams, int Vms, string? OpenApi)
     {
         public const string Usage = "usage: virtd-soak --url URL --token-file FILE --pid PID --kernel K --initrd I --run-directory DIR --state DIR " +
-                                    "[--seconds 20] [--warmup 10] [--clients 100] [--streams 20] [--vms 10] [--openapi FILE]";
+                                    "[--seconds 20] [--warmup 10] [--clients 100] [--think-ms 200] [--streams 20] [--vms 10] [--openapi FILE]";
 
         public static Options Parse(string[] args)
         {
@@ -31,7 +31,7 @@ namespace Virtd.Soak
                 ? int.Parse(s, CultureInfo.InvariantCulture) is var n && n >= min ? n : throw new ArgumentException($"--{k} must be at least {min}")
                 : d;
             return new Options(new Uri(Need("url")), Need("token-file"), int.Parse(Need("pid"), CultureInfo.InvariantCulture), Need("kernel"), Need("initrd"),
-                Need("run-directory"), Need("state"), Int("seconds", 20, 5), Int("warmup", 10, 5), Int("clients", 100, 1), Int("streams", 20, 2), Int("vms", 10, 0),
+                Need("run-directory"), Need("state"), Int("seconds", 20, 5), Int("warmup", 10, 5), Int("clients", 100, 1), Int("think-ms", 200, 0), Int("streams", 20, 2), Int("vms", 10, 0),
                 v.GetValueOrDefault("openapi"));
         }
     }
@@ -39,7 +39,10 @@ namespace Virtd.Soak
     /// <summary>
     /// Issue 14's soak: <c>--clients</c> (100) clients in a closed loop over a realistic mix of the API, each changing only
     /// its own domains, <c>--vms</c> (10) real QEMU VMs (the test guest, TCG) with actions on them, and <c>--streams</c>
-    /// (20) event streams, one of them never reading, for a warm-up (<c>--warmup</c>, 10 s) and then <c>--seconds</c>.
+    /// (20) event streams, one of them never reading, for a warm-up (<c>--warmup</c>, 10 s, and 5,000 requests, at most
+    /// 60 s: the guests boot during it) and then <c>--seconds</c>. Each client thinks 0-400 ms between operations
+    /// (<c>--think-ms</c>, 200 on average): a sustained load the two cores carry (~500 requests/s), not a stress test that
+    /// saturates them and makes the thread pool inject threads and the GC grow its heap for as long as it lasts.
     /// <para>
     /// It passes when no answer is a 5xx, every request got an answer within its deadline, every job ended (each is followed
     /// to its end), no job is left queued or running, every endpoint of the OpenAPI document was exercised, event ids only
@@ -85,6 +88,10 @@ namespace Virtd.Soak
         private const int ThreadSlack = 4;
         private const int FdSlack = 16;
 
+        /// <summary>Requests the warm-up lasts at least (besides --warmup seconds), and how long it may take at most.</summary>
+        private const int WarmUpRequests = 5000;
+        private static readonly TimeSpan WarmUpMax = TimeSpan.FromSeconds(60);
+
         /// <summary>How long the clients may take to finish what they are doing after the run (a request's own deadline is 60 s).</summary>
         private static readonly TimeSpan ClientsStopWithin = TimeSpan.FromSeconds(90);
 
@@ -119,14 +126,8 @@ namespace Virtd.Soak
 
         private static async Task<int> RunAsync(Options o)
         {
-            using var handler = new SocketsHttpHandler
-            {
-                MaxConnectionsPerServer = 1024,
-                UseCookies = false, // the session clients handle their cookie themselves
-                PooledConnectionIdleTimeout = TimeSpan.FromMinutes(10), // keep the clients' connections to the end sample
-                ConnectTimeout = TimeSpan.FromSeconds(10),
-            };
-            using var http = new HttpClient(handler) { BaseAddress = o.Url, Timeout = Timeout.InfiniteTimeSpan };
+            // The setup, the event streams and the checks share a pool of connections; each client has one of its own.
+            using var http = Api.Connect(o.Url, 1024);
             var stats = new Stats();
             var api = new Api(http, stats, (await File.ReadAllTextAsync(o.TokenFile).ConfigureAwait(false)).Trim());
             var jobs = new JobTracker();
@@ -156,14 +157,17 @@ namespace Virtd.Soak
             await PollAsync(() => events.Connects >= readers.Count, TimeSpan.FromSeconds(30), $"{readers.Count} event streams to open").ConfigureAwait(false);
 
             // The load: the warm-up, then the run proper.
-            Console.WriteLine($"== load: {o.Clients} clients, {o.Streams} event streams (1 never reading), {o.Vms} VMs: a warm-up of {o.WarmUp} s, then {o.Seconds} s");
+            Console.WriteLine($"== load: {o.Clients} clients (think time 0-{2 * o.ThinkMs} ms), {o.Streams} event streams (1 never reading), {o.Vms} VMs: a warm-up of {o.WarmUp} s, then {o.Seconds} s");
             var clock = Stopwatch.StartNew();
             var sampler = new Sampler(o.Pid, clock);
             using var samplerStop = new CancellationTokenSource();
             var sampling = sampler.RunAsync(samplerStop.Token);
-            var stopAt = TimeSpan.FromSeconds(o.WarmUp + o.Seconds);
+            var stopAt = new StopTime();
+            var setupRequests = stats.Total;
+            // Each client's connection stays open until the end sample, as at the warm-up.
+            var connections = Enumerable.Range(0, o.Clients).Select(_ => api.OwnConnection()).ToList();
             var clients = Enumerable.Range(0, o.Clients)
-                .Select(i => Task.Run(() => new Client(i, api, world, jobs, events).RunAsync(() => clock.Elapsed < stopAt))).ToList();
+                .Select(i => Task.Run(() => new Client(i, connections[i], world, jobs, events).RunAsync(() => stopAt.Before(clock.Elapsed), o.ThinkMs))).ToList();
             var all = Task.WhenAll(clients);
             Sample? warm;
             long warmRequests;
@@ -174,15 +178,20 @@ namespace Virtd.Soak
             using (var progressStop = new CancellationTokenSource())
             {
                 var progress = ProgressAsync(stats, jobs, events, sampler, clock, progressStop.Token);
+                // The warm-up: --warmup seconds of load and WarmUpRequests answered, within WarmUpMax. The ten guests boot
+                // meanwhile, taking the two cores for seconds of TCG each, and the daemon answers fewer requests a second
+                // while they do; counting requests keeps the warm-up long enough on a busy machine.
                 await Task.Delay(TimeSpan.FromSeconds(o.WarmUp)).ConfigureAwait(false);
-                (warm, warmRequests, warmLatency) = (sampler.Take(), stats.Total, stats.Latency.Snapshot());
+                if (!await PollAsync(() => stats.Total - setupRequests >= WarmUpRequests, WarmUpMax - TimeSpan.FromSeconds(o.WarmUp)).ConfigureAwait(false))
+                    Console.WriteLine($"   (fewer than {WarmUpRequests} requests in {WarmUpMax.TotalSeconds:0} s: the warm-up ends at its bound)");
+                (warm, warmRequests, warmLatency) = (sampler.Take(), stats.Total - setupRequests, stats.Latency.Snapshot());
                 var warmAt = clock.Elapsed.TotalSeconds;
                 Console.WriteLine($"   warm-up done: t={warmAt:0.0} s, {warmRequests} requests; daemon RSS {warm?.RssMiB ?? 0:0.0} MiB, " +
                                   $"{warm?.Threads ?? 0} threads, {warm?.Fds ?? 0} fds");
-                var left = stopAt - clock.Elapsed;
-                if (left > TimeSpan.Zero) await Task.Delay(left).ConfigureAwait(false);
+                stopAt.Set(TimeSpan.FromSeconds(warmAt + o.Seconds));
+                await Task.Delay(TimeSpan.FromSeconds(o.Seconds)).ConfigureAwait(false);
                 runSeconds = clock.Elapsed.TotalSeconds - warmAt;
-                runRequests = stats.Total - warmRequests;
+                runRequests = stats.Total - setupRequests - warmRequests;
                 runLatency = LatencyHistogram.Between(warmLatency, stats.Latency.Snapshot());
                 var stopping = Stopwatch.StartNew();
                 if (await Task.WhenAny(all, Task.Delay(ClientsStopWithin)).ConfigureAwait(false) != all)
@@ -196,10 +205,12 @@ namespace Virtd.Soak
             // Every job ends: the ones not yet seen ending are long-polled, within a deadline.
             var loadEnded = Stopwatch.StartNew();
             var drainClock = Stopwatch.StartNew();
+            var open = jobs.Unfinished();
             var notEnded = await DrainAsync(api, jobs, JobsEndWithin).ConfigureAwait(false);
             var queued = await CountAsync(api, "/api/v1/jobs?state=queued").ConfigureAwait(false);
             var running = await CountAsync(api, "/api/v1/jobs?state=running").ConfigureAwait(false);
-            Console.WriteLine($"   jobs ended {drainClock.Elapsed.TotalSeconds:0.0} s later");
+            Console.WriteLine($"   jobs ended {drainClock.Elapsed.TotalSeconds:0.0} s later ({open.Count} not yet seen ending when the clients stopped: " +
+                              $"{string.Join(", ", open.GroupBy(j => j.Kind).Select(g => $"{g.Key} {g.Count()}"))})");
 
             // The end sample, once the daemon is idle.
             var settleClock = Stopwatch.StartNew();
@@ -208,18 +219,23 @@ namespace Virtd.Soak
             Console.WriteLine($"   end sample {settleClock.Elapsed.TotalSeconds:0.0} s later ({(settled ? "daemon idle" : "the daemon did NOT become idle within 20 s")})");
             await samplerStop.CancelAsync().ConfigureAwait(false);
             await sampling.ConfigureAwait(false);
+            foreach (var c in connections) c.Http.Dispose();
 
-            var silentVerdict = await silent.VerdictAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            var silentVerdict = await silent.VerdictAsync(TimeSpan.FromSeconds(2)).ConfigureAwait(false);
             await streamStop.CancelAsync().ConfigureAwait(false);
             if (await Task.WhenAny(Task.WhenAll(streaming), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false) is var done && !done.IsCompleted)
                 failures.Add("the event readers did not stop within 30 s");
+
+            // Every VM ran the test guest: it printed its ready line at least once.
+            var unbooted = world.Guests.Where(g => !g.Value.Booted()).Select(g => g.Key).Order(StringComparer.Ordinal).ToList();
+            if (unbooted.Count > 0) failures.Add($"the test guest never printed its ready line in {string.Join(", ", unbooted)} (see its serial console log)");
 
             // Every VM destroyed, and no QEMU of this daemon left.
             var vmVerdict = await DestroyVmsAsync(api, world, o.RunDirectory, failures).ConfigureAwait(false);
 
             // ---------------- report ----------------
             Console.WriteLine();
-            Console.WriteLine($"== summary: {o.WarmUp} s of warm-up + {o.Seconds} s, {o.Clients} clients, {o.Streams} event streams (1 never reading), " +
+            Console.WriteLine($"== summary: {warm?.Seconds ?? 0:0} s of warm-up + {o.Seconds} s, {o.Clients} clients, {o.Streams} event streams (1 never reading), " +
                               $"{world.Sims.Length} simulated domains, {o.Vms} QEMU VMs, {Environment.ProcessorCount} CPUs, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}");
             var counts = stats.Snapshot();
             long Class(int lo, int hi) => counts.Where(c => c.Key.Status >= lo && c.Key.Status < hi).Sum(c => c.Value);
@@ -278,7 +294,7 @@ namespace Virtd.Soak
                 failures.Add($"{events.OrderViolations} event ids out of order");
                 Console.WriteLine("  first: " + events.FirstViolation);
             }
-            Console.WriteLine("VMs: " + vmVerdict);
+            Console.WriteLine($"VMs: {world.Vms.Length - unbooted.Count} of {world.Vms.Length} guests booted; " + vmVerdict);
 
             if (warm is null || end is null)
             {
@@ -387,12 +403,6 @@ namespace Virtd.Soak
                 }).ConfigureAwait(false);
                 if (i % 2 == 0) await StartAsync(sims[i], mustRun: false).ConfigureAwait(false);
             }).ConfigureAwait(false);
-
-            // The load starts once every guest has booted: ten TCG boots take the two cores for seconds, and a warm-up
-            // spent mostly waiting for them would leave the daemon colder than the run after it.
-            var booting = Stopwatch.StartNew();
-            await PollAsync(() => world.Guests.Values.All(g => g.IsUp()), TimeSpan.FromSeconds(90), "the VMs' guests to print their ready line").ConfigureAwait(false);
-            Console.WriteLine($"   guests up {booting.Elapsed.TotalSeconds:0.0} s after the simulated domains were set up");
             return world;
         }
 
@@ -481,12 +491,19 @@ namespace Virtd.Soak
 
         private static async Task PollAsync(Func<bool> condition, TimeSpan within, string what)
         {
+            if (!await PollAsync(condition, within).ConfigureAwait(false)) throw new SetupException($"timed out after {within.TotalSeconds:0} s waiting for {what}");
+        }
+
+        /// <summary>Polls <paramref name="condition"/> every 50 ms: whether it held within <paramref name="within"/>.</summary>
+        private static async Task<bool> PollAsync(Func<bool> condition, TimeSpan within)
+        {
             var deadline = Stopwatch.StartNew();
             while (!condition())
             {
-                if (deadline.Elapsed > within) throw new SetupException($"timed out after {within.TotalSeconds:0} s waiting for {what}");
+                if (deadline.Elapsed > within) return false;
                 await Task.Delay(50).ConfigureAwait(false);
             }
+            return true;
         }
 
         /// <summary>A line every 5 s while the clients run.</summary>
@@ -528,6 +545,16 @@ namespace Virtd.Soak
     }
 
     internal sealed class SetupException(string message) : Exception(message);
+
+    /// <summary>When the clients stop (on the load's clock): unknown until the warm-up has ended.</summary>
+    internal sealed class StopTime
+    {
+        private long _ms = long.MaxValue;
+
+        public void Set(TimeSpan at) => Interlocked.Exchange(ref _ms, (long)at.TotalMilliseconds);
+
+        public bool Before(TimeSpan now) => now.TotalMilliseconds < Interlocked.Read(ref _ms);
+    }
 
     /// <summary>
     /// The QEMU processes a daemon started: QEMU runs as another user and its argv names no path, but its environment
