@@ -162,6 +162,7 @@ internal sealed class Client
             (4, TemporaryDomainAsync),
             (1, TokenLifecycleAsync),
             (1, SessionLifecycleAsync),
+            (1, VolumeLifecycleAsync),
             // Requests that must be refused with a 4xx.
             (6, BadRequestAsync),
         ];
@@ -188,6 +189,7 @@ internal sealed class Client
         // Leave nothing of this client's behind: its temporary domains and tokens.
         foreach (var name in _temporary.ToList()) await RemoveTemporaryAsync(name, force: true).ConfigureAwait(false);
         foreach (var (name, _) in _tokens) await _api.DeleteAsync(Soak.TokenOp, "/api/v1/tokens/" + name).ConfigureAwait(false);
+        await _api.DeleteAsync(Soak.VolumeDeleteOp, $"/api/v1/pools/default/volumes/soak-{_index}.img").ConfigureAwait(false);
     }
 
     // ---------------- reads ----------------
@@ -498,6 +500,46 @@ internal sealed class Client
             await _api.GetAsync(Soak.HostOp, "/api/v1/host", token: goneSecret).ConfigureAwait(false); // 401 from now on
         }
     }
+
+    /// <summary>
+    /// A volume of this client's own, one step per call: the pools and the list, then create (raw, 1 MiB), read, grow,
+    /// upload 64 KiB over it, download it, delete it.
+    /// </summary>
+    private async Task VolumeLifecycleAsync()
+    {
+        const string Volumes = "/api/v1/pools/default/volumes";
+        var name = $"soak-{_index}.img";
+        var step = _volumeStep++ % 7;
+        switch (step)
+        {
+            case 0:
+                await _api.GetAsync(Soak.PoolsOp, "/api/v1/pools").ConfigureAwait(false);
+                await _api.GetAsync(Soak.PoolOp, "/api/v1/pools/default").ConfigureAwait(false);
+                await _api.GetAsync(Soak.VolumesOp, Volumes).ConfigureAwait(false);
+                break;
+            case 1:
+                await _api.PostAsync(Soak.VolumeCreateOp, Volumes, $"{{\"name\":\"{name}\",\"format\":\"raw\",\"capacity\":\"1MiB\"}}").ConfigureAwait(false);
+                break;
+            case 2:
+                await _api.GetAsync(Soak.VolumeOp, $"{Volumes}/{name}").ConfigureAwait(false);
+                break;
+            case 3:
+                await _api.PostAsync(Soak.VolumeResizeOp, $"{Volumes}/{name}/resize", "{\"capacity\":\"2MiB\"}").ConfigureAwait(false);
+                break;
+            case 4:
+                await _api.SendAsync(Soak.VolumeUploadOp, HttpMethod.Put, $"{Volumes}/{name}/content?format=raw",
+                    configure: m => m.Content = new ByteArrayContent(new byte[64 * 1024])).ConfigureAwait(false);
+                break;
+            case 5:
+                await _api.GetAsync(Soak.VolumeDownloadOp, $"{Volumes}/{name}/content").ConfigureAwait(false);
+                break;
+            default:
+                await _api.DeleteAsync(Soak.VolumeDeleteOp, $"{Volumes}/{name}").ConfigureAwait(false);
+                break;
+        }
+    }
+
+    private int _volumeStep;
 
     /// <summary>The dashboard's way in: sign in with a token (cookie), who am I with the cookie alone, sign out.</summary>
     private async Task SessionLifecycleAsync()

@@ -79,6 +79,15 @@ namespace Virtd.Soak
         public const string SessionPostOp = "POST /api/v1/session";
         public const string SessionGetOp = "GET /api/v1/session";
         public const string SessionDeleteOp = "DELETE /api/v1/session";
+        public const string PoolsOp = "GET /api/v1/pools";
+        public const string PoolOp = "GET /api/v1/pools/{pool}";
+        public const string VolumesOp = "GET /api/v1/pools/{pool}/volumes";
+        public const string VolumeCreateOp = "POST /api/v1/pools/{pool}/volumes";
+        public const string VolumeOp = "GET /api/v1/pools/{pool}/volumes/{volume}";
+        public const string VolumeDeleteOp = "DELETE /api/v1/pools/{pool}/volumes/{volume}";
+        public const string VolumeResizeOp = "POST /api/v1/pools/{pool}/volumes/{volume}/resize";
+        public const string VolumeUploadOp = "PUT /api/v1/pools/{pool}/volumes/{volume}/content";
+        public const string VolumeDownloadOp = "GET /api/v1/pools/{pool}/volumes/{volume}/content";
 
         public static readonly string[] Actions = ["start", "shutdown", "reboot", "reset", "suspend", "resume", "destroy"];
 
