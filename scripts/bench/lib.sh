@@ -4,6 +4,8 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 base="http://127.0.0.1:$port"
 pid=""
 tmp=$(mktemp -d /tmp/virtd-bench.XXXXXX)
+# virtd-qemu reads the pool's images by path (qemu-img info): it must be able to pass through mktemp's 0700 directory.
+chmod 0711 "$tmp"
 
 die() { echo "bench/$bench: $*" >&2; exit 1; }
 
@@ -12,7 +14,7 @@ die() { echo "bench/$bench: $*" >&2; exit 1; }
 kill_vms() {
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "VIRTD_RUN_DIRECTORY=$1"; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
+    if { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "VIRTD_RUN_DIRECTORY=$1"; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
   done
 }
 
@@ -53,18 +55,6 @@ bench_start_daemon() {
   done
   token_file="$tmp/state/initial-admin-token"
   auth="Authorization: Bearer $(cat "$token_file")"
-}
-
-# bench_restart_daemon [daemon args...]: stops the daemon and its VMs, then starts a new one on a fresh state directory.
-bench_restart_daemon() {
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  kill_vms "$tmp/run"
-  mv "$tmp/daemon.log" "$tmp/daemon.1.log"
-  rm -rf "$tmp/state" "$tmp/run"
-  bench_start_daemon "$@"
 }
 
 # api [curl args...]: curl with the daemon's admin token (after bench_start_daemon).

@@ -231,6 +231,8 @@ public sealed class QemuImages : IImageChecker, IVolumeTool
     async Task<ImageFacts> IVolumeTool.InfoAsync(string path, DiskFormat format, CancellationToken cancellationToken)
     {
         var identity = Users.Identify(path) ?? throw VolumeGone();
+        // A raw image is its bytes: its size is the file's, and nothing in it is read.
+        if (format == DiskFormat.Raw) return new ImageFacts((long)identity.Size, Users.Allocated(path) ?? (long)identity.Size, null);
         if (_facts.TryGetValue((path, format), out var known) && known.Identity == identity) return known.Facts;
         var (ok, output, error) = await ToolAsync([_qemuImg!, "info", "--output=json", "--force-share", "-f", FormatName(format), path], asQemuUser: true, cancellationToken).ConfigureAwait(false);
         if (!ok) throw new VirtdException(ErrorCodes.ValidationFailed, 400, "Image unreadable", $"not a valid {FormatName(format)} image, or not readable by {_confinement!.User.Name}");

@@ -57,6 +57,14 @@ internal static unsafe class Users
         return new FileOwner(uid, gid, (UnixFileMode)(mode & 0xfff), (mode & 0xf000) == 0x4000);
     }
 
+    /// <summary>Bytes the file takes on its filesystem (statx stx_blocks × 512), or null.</summary>
+    public static long? Allocated(string path)
+    {
+        var buf = stackalloc byte[256];
+        if (statx(-100 /* AT_FDCWD */, path, 0, 0x400 /* STATX_BLOCKS */, buf) != 0) return null;
+        return (long)(*(ulong*)(buf + 48) * 512);
+    }
+
     /// <summary>The identity of the file at <paramref name="path"/> (links followed), or null.</summary>
     public static FileIdentity? Identify(string path) => Identify(-100 /* AT_FDCWD */, path, 0);
 
