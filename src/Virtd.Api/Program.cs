@@ -1,6 +1,7 @@
 using Virtd.Api.Storage;
 using Virtd.Api.Access;
 using Virtd.Api.Consoles;
+using Virtd.Api.Dashboard;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
 using Virtd.Api.Events;
@@ -62,6 +63,7 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
     o.SwaggerEndpoint("/openapi/v1.json", "virtd v1");
     o.EnablePersistAuthorization();
 }));
+app.UseDashboard();
 app.UseWebSockets();
 app.UseAccessControl();
 app.UseRequestRateLimit();

@@ -62,8 +62,7 @@ public static class ConsolesApi
         var vm = Running(id, http, svc, "serial console");
         var console = vm.Console ?? throw new VirtdException(ErrorCodes.ConsoleUnavailable, 409, "Console unavailable",
             $"the daemon cannot reach the serial port of domain '{id}' (its VM was started by a daemon without consoles: restart the domain)");
-        using var ws = await http.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext { KeepAliveInterval = TimeSpan.FromSeconds(15) })
-            .ConfigureAwait(false);
+        using var ws = await http.WebSockets.AcceptWebSocketAsync(Accept(http)).ConfigureAwait(false);
         using var viewer = console.Attach();
         using var end = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, status.RequestsEnding, viewer.Dropped);
         var input = PumpInputAsync(ws, console, end.Token);
@@ -81,6 +80,13 @@ public static class ConsolesApi
         await end.CancelAsync().ConfigureAwait(false);
         await input.ConfigureAwait(false);
     }
+
+    /// <summary>noVNC asks for the <c>binary</c> subprotocol; a browser fails a handshake that does not answer one it asked for.</summary>
+    private static WebSocketAcceptContext Accept(HttpContext http) => new()
+    {
+        KeepAliveInterval = TimeSpan.FromSeconds(15),
+        SubProtocol = http.WebSockets.WebSocketRequestedProtocols.Contains("binary") ? "binary" : null,
+    };
 
     private static async Task<(WebSocketCloseStatus, string)> PumpOutputAsync(WebSocket ws, ConsoleViewer viewer, CancellationToken ct)
     {
@@ -143,8 +149,7 @@ public static class ConsolesApi
         }
         await using (rfb.ConfigureAwait(false))
         {
-            using var ws = await http.WebSockets.AcceptWebSocketAsync(new WebSocketAcceptContext { KeepAliveInterval = TimeSpan.FromSeconds(15) })
-                .ConfigureAwait(false);
+            using var ws = await http.WebSockets.AcceptWebSocketAsync(Accept(http)).ConfigureAwait(false);
             using var end = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, status.RequestsEnding);
             var toClient = CopyToWebSocketAsync(rfb, ws, end.Token);
             var toServer = CopyFromWebSocketAsync(ws, rfb, end.Token);
