@@ -35,9 +35,9 @@ public sealed class DashboardTests
             var text = await anonymous.GetStringAsync(path);
             Assert.DoesNotMatch(@"(src|href)=""(https?:)?//", text);
         }
-        Assert.Contains("Permission is hereby granted", await anonymous.GetStringAsync("/vendor/xterm/LICENSE.xterm"));
+        Assert.Contains("Permission is hereby granted", await anonymous.GetStringAsync("/vendor/xterm/LICENSE.xterm.txt"));
         Assert.Contains("MPL 2.0", await anonymous.GetStringAsync("/vendor/novnc/LICENSE.txt"));
-        Assert.Contains("Mozilla Public License", await anonymous.GetStringAsync("/vendor/novnc/LICENSE.MPL-2.0"));
+        Assert.Contains("Mozilla Public License", await anonymous.GetStringAsync("/vendor/novnc/LICENSE.MPL-2.0.txt"));
         // The API itself still needs credentials.
         Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync("/api/v1/domains")).StatusCode);
     }

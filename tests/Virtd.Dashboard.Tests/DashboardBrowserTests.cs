@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Deque.AxeCore.Commons;
@@ -160,6 +161,24 @@ public sealed partial class DashboardBrowserTests
             await Assertions.Expect(job).ToHaveAttributeAsync("data-state", "succeeded");
             await Assertions.Expect(job.Locator(".outcome")).ToContainTextAsync("stopped by acpi");
             await ShotAsync(page, "06-shut-off");
+
+            // Edit with If-Match: a change made meanwhile elsewhere is not overwritten, and the form says so.
+            await page.ClickAsync("a:text-is('Edit')");
+            await Assertions.Expect(page.Locator("#in-vcpus")).ToHaveValueAsync("1");
+            var current = await first.Http.GetDomainAsync("web1");
+            var changed = JsonSerializer.Deserialize<Dictionary<string, object?>>(current.GetProperty("definition").GetRawText())!;
+            changed["description"] = "changed elsewhere";
+            (await first.Http.PutAsJsonAsync("/api/v1/domains/web1", changed)).EnsureSuccessStatusCode();
+            await page.FillAsync("#in-vcpus", "2");
+            await page.ClickAsync("button[type=submit]");
+            await Assertions.Expect(page.Locator("#form-errors")).ToContainTextAsync("Changed meanwhile");
+            await ShotAsync(page, "06b-edit-changed-meanwhile");
+            await page.ClickAsync("#form-errors button");
+            await Assertions.Expect(page.Locator("#in-description")).ToHaveValueAsync("changed elsewhere");
+            await page.FillAsync("#in-vcpus", "2");
+            await page.ClickAsync("button[type=submit]");
+            await Assertions.Expect(page.Locator("#domain-state")).ToBeVisibleAsync();
+            Assert.Equal(2, (await first.Http.GetDomainAsync("web1")).GetProperty("definition").GetProperty("vcpus").GetInt32());
 
             // VNC of a diskless VM: SeaBIOS's screen on a canvas that is not blank.
             await first.Http.DefineAsync(new { name = "vnc1", memoryMiB = 64, graphics = new { vnc = true } });
