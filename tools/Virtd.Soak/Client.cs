@@ -152,6 +152,7 @@ internal sealed class Client
             (3, HostAsync),
             (3, ProbesAsync),
             (2, WhoAmIAsync),
+            (2, ConsolesAsync),
             (2, ReadTokensAsync),
             (1, ShortStreamAsync),
             // Changes, of its own.
@@ -211,6 +212,18 @@ internal sealed class Client
         var id = _rng.Next(5) == 0 && _world.Uuids.TryGetValue(name, out var uuid) ? uuid : name;
         var r = await _api.GetAsync(Soak.DomainOp, "/api/v1/domains/" + id).ConfigureAwait(false);
         if (r.ETag is not null) _staleETag ??= r.ETag;
+    }
+
+    /// <summary>
+    /// The serial console's log as text; the console and VNC routes asked without a WebSocket handshake (400
+    /// websocket-required: the soak speaks HTTP only; the WebSockets have their own tests).
+    /// </summary>
+    private async Task ConsolesAsync()
+    {
+        var name = AnyDomain();
+        await _api.GetAsync(Soak.ConsoleLogOp, $"/api/v1/domains/{name}/console/log?tail=20").ConfigureAwait(false);
+        var vnc = _rng.Next(2) == 0;
+        await _api.GetAsync(vnc ? Soak.VncOp : Soak.ConsoleOp, $"/api/v1/domains/{name}/{(vnc ? "vnc" : "console")}").ConfigureAwait(false);
     }
 
     private Task GateAsync() => _api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate");
