@@ -74,7 +74,7 @@ internal sealed class QemuSerial
         await Task.Yield();
         using var end = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var writer = WriteLoopAsync(socket, end.Token);
-        var buffer = new byte[16 * 1024];
+        var buffer = new byte[4096]; // the port runs at ~11 KB/s
         try
         {
             while (true)

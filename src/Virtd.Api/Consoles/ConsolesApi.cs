@@ -201,53 +201,72 @@ public static class ConsolesApi
         var lines = tail ?? 100;
         if (lines is < 1 or > MaxTailLines) throw VirtdException.Validation("tail", $"must be between 1 and {MaxTailLines}");
         var path = drivers.Find(domain.Driver)?.ConsoleLogPath(domain.Uuid);
-        var text = path is null ? TailOfHistory(domain, lines) : Tail(path, lines);
-        return Results.Text(text, "text/plain; charset=utf-8");
+        var bytes = path is null ? TailOfHistory(domain, lines) : Tail(path, lines);
+        return Results.Bytes(bytes, "text/plain; charset=utf-8");
     }
 
     /// <summary>A driver that keeps no log (the simulated one): what the console holds now.</summary>
-    private static string TailOfHistory(DomainObject domain, int lines)
+    private static byte[] TailOfHistory(DomainObject domain, int lines)
     {
-        if (domain.Instance?.Console is not { } console) return "";
+        if (domain.Instance?.Console is not { } console) return [];
         using var viewer = console.Attach();
         var chunks = new List<byte[]>();
         viewer.TryReadMore(chunks, ConsoleHub.HistoryBytes);
-        return LastLines(Encoding.UTF8.GetString(chunks.SelectMany(c => c).ToArray()), lines);
+        var all = chunks.SelectMany(c => c).ToArray();
+        return all[StartOfLastLines(all, all.Length, lines)..];
     }
 
-    /// <summary>The last <paramref name="lines"/> lines of the file, reading back from its end (at most <see cref="MaxLogBytes"/>).</summary>
-    public static string Tail(string path, int lines)
+    /// <summary>
+    /// The last <paramref name="lines"/> lines of the file (at most <see cref="MaxLogBytes"/>), found by reading back from
+    /// its end a block at a time: a short tail of a long log costs a few KiB.
+    /// </summary>
+    public static byte[] Tail(string path, int lines)
     {
         try
         {
-            using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 1);
             var length = fs.Length;
-            var take = Math.Min(length, 64 * 1024);
-            while (true)
+            var block = new byte[8192];
+            var position = length;
+            var floor = Math.Max(0, length - MaxLogBytes);
+            var start = floor;
+            var found = 0;
+            var end = length;
+            while (position > floor)
             {
-                fs.Seek(length - take, SeekOrigin.Begin);
-                var buffer = new byte[take];
-                fs.ReadExactly(buffer);
-                var newlines = buffer.AsSpan(0, buffer.Length - (buffer.Length > 0 && buffer[^1] == '\n' ? 1 : 0)).Count((byte)'\n');
-                if (newlines >= lines || take == length || take >= MaxLogBytes)
-                    return LastLines(Encoding.UTF8.GetString(buffer), lines);
-                take = Math.Min(Math.Min(length, take * 4), MaxLogBytes);
+                var n = (int)Math.Min(block.Length, position - floor);
+                position -= n;
+                fs.Seek(position, SeekOrigin.Begin);
+                fs.ReadExactly(block, 0, n);
+                for (var i = n - 1; i >= 0; i--)
+                {
+                    if (block[i] != (byte)'\n' || position + i == end - 1) continue; // a last line's own newline ends it
+                    if (++found == lines)
+                    {
+                        start = position + i + 1;
+                        goto done;
+                    }
+                }
             }
+            done:
+            var result = new byte[length - start];
+            fs.Seek(start, SeekOrigin.Begin);
+            fs.ReadExactly(result);
+            return result;
         }
-        catch (FileNotFoundException) { return ""; }
-        catch (DirectoryNotFoundException) { return ""; }
+        catch (FileNotFoundException) { return []; }
+        catch (DirectoryNotFoundException) { return []; }
     }
 
-    private static string LastLines(string text, int lines)
+    /// <summary>Where the last <paramref name="lines"/> lines of <paramref name="text"/>[0..<paramref name="end"/>) begin.</summary>
+    private static int StartOfLastLines(byte[] text, int end, int lines)
     {
-        var end = text.Length > 0 && text[^1] == '\n' ? text.Length - 1 : text.Length;
-        var at = end;
-        for (var i = 0; i < lines; i++)
+        var found = 0;
+        for (var i = end - 1; i >= 0; i--)
         {
-            var nl = at > 0 ? text.LastIndexOf('\n', at - 1) : -1;
-            if (nl < 0) return text;
-            at = nl;
+            if (text[i] != (byte)'\n' || i == end - 1) continue;
+            if (++found == lines) return i + 1;
         }
-        return text[(at + 1)..];
+        return 0;
     }
 }

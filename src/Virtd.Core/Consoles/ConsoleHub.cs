@@ -29,7 +29,8 @@ public sealed class ConsoleHub : IVmConsole
     private readonly Func<ReadOnlyMemory<byte>, CancellationToken, ValueTask> _input;
     private readonly int _viewerQueueBytes;
     private readonly Lock _lock = new();
-    private readonly byte[] _ring = new byte[HistoryBytes];
+    // Grows (1 KiB, doubling) to HistoryBytes: most consoles say little, and a simulated domain's says one line.
+    private byte[] _ring = new byte[1024];
     private long _total;
     private readonly List<ConsoleViewer> _viewers = [];
     private string? _ended;
@@ -76,8 +77,18 @@ public sealed class ConsoleHub : IVmConsole
     private void AppendToRing(ReadOnlySpan<byte> data)
     {
         if (data.Length >= HistoryBytes) data = data[^HistoryBytes..];
-        var at = (int)(_total % HistoryBytes);
-        var first = Math.Min(data.Length, HistoryBytes - at);
+        if (_ring.Length < HistoryBytes && _total + data.Length > _ring.Length)
+        {
+            // Still linear (nothing has wrapped below the full size): the bytes so far are _ring[0.._total).
+            var size = _ring.Length;
+            while (size < _total + data.Length && size < HistoryBytes) size *= 2;
+            var bigger = new byte[Math.Min(size, HistoryBytes)];
+            _ring.AsSpan(0, (int)_total).CopyTo(bigger);
+            _ring = bigger;
+        }
+        var capacity = _ring.Length;
+        var at = (int)(_total % capacity);
+        var first = Math.Min(data.Length, capacity - at);
         data[..first].CopyTo(_ring.AsSpan(at));
         data[first..].CopyTo(_ring);
         _total += data.Length;
@@ -85,11 +96,12 @@ public sealed class ConsoleHub : IVmConsole
 
     private byte[] History()
     {
-        var length = (int)Math.Min(_total, HistoryBytes);
+        var capacity = _ring.Length;
+        var length = (int)Math.Min(_total, capacity);
         var history = new byte[length];
         if (length == 0) return history;
-        var start = (int)((_total - length) % HistoryBytes);
-        var first = Math.Min(length, HistoryBytes - start);
+        var start = (int)((_total - length) % capacity);
+        var first = Math.Min(length, capacity - start);
         _ring.AsSpan(start, first).CopyTo(history);
         _ring.AsSpan(0, length - first).CopyTo(history.AsSpan(first));
         return history;

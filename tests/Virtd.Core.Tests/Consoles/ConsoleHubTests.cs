@@ -89,4 +89,23 @@ public class ConsoleHubTests
         Assert.Equal("last words", Encoding.ASCII.GetString((await late.ReadAsync(default))!));
         Assert.Null(await late.ReadAsync(default));
     }
+
+    [Fact]
+    public async Task TheHistory_GrowsFromSmall_AndKeepsItsOrderAcrossTheWrap()
+    {
+        var hub = Hub();
+        var expected = new StringBuilder();
+        for (var i = 0; i < 5000; i++)
+        {
+            var line = $"line {i}\n";
+            expected.Append(line);
+            hub.Publish(Encoding.ASCII.GetBytes(line));
+            if (i is 10 or 200 or 4999)
+            {
+                using var v = hub.Attach();
+                var all = expected.ToString();
+                Assert.Equal(all[Math.Max(0, all.Length - ConsoleHub.HistoryBytes)..], await DrainAsync(v));
+            }
+        }
+    }
 }
