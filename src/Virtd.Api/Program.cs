@@ -1,5 +1,7 @@
 using Virtd.Api.Storage;
 using Virtd.Api.Access;
+using Virtd.Api.Consoles;
+using Virtd.Api.Dashboard;
 using Virtd.Api.Domains;
 using Virtd.Api.Errors;
 using Virtd.Api.Events;
@@ -61,12 +63,15 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
     o.SwaggerEndpoint("/openapi/v1.json", "virtd v1");
     o.EnablePersistAuthorization();
 }));
+app.UseDashboard();
+app.UseWebSockets();
 app.UseAccessControl();
 app.UseRequestRateLimit();
 app.UseIdempotencyBodies();
 app.MapOpenApi("/openapi/v1.json").AllowAnonymous(); // one document: any other name is a problem+json 404
 app.MapHostApi();
 app.MapDomainsApi();
+app.MapConsolesApi();
 app.MapJobsApi();
 app.MapPoolsApi();
 app.MapEventsApi();

@@ -5,7 +5,7 @@ using Virtd.Core.Domains;
 namespace Virtd.Drivers.Qemu;
 
 /// <summary>Where one VM's runtime files are.</summary>
-public sealed record QemuPaths(string Monitor, string Status, string Log, string Console)
+public sealed record QemuPaths(string Monitor, string Status, string Log, string Console, string Serial)
 {
     /// <summary>
     /// Every file is named by the domain's UUID: the monitor socket and status file under the run directory (short and
@@ -16,17 +16,20 @@ public sealed record QemuPaths(string Monitor, string Status, string Log, string
         Path.Combine(runDirectory, $"{uuid:D}.qmp"),
         Path.Combine(runDirectory, $"{uuid:D}.status.json"),
         Path.Combine(logDirectory, $"{uuid:D}.log"),
-        Path.Combine(logDirectory, $"{uuid:D}.console.log"));
+        Path.Combine(logDirectory, $"{uuid:D}.console.log"),
+        Path.Combine(runDirectory, $"{uuid:D}.serial"));
 }
 
 /// <summary>One file of a disk's chain as QEMU receives it: an inherited descriptor, its format, read-only or not.</summary>
 public sealed record QemuDiskLayer(int Fd, string Format, bool ReadOnly);
 
 /// <summary>
-/// What QEMU is given open rather than by path: the monitor's listening socket, the console log, every file of every
-/// disk chain (top first). Kernel and initrd are paths resolved and checked at start (QEMU reads them itself).
+/// What QEMU is given open rather than by path: the monitor's listening socket, the serial port's listening socket and
+/// its log, every file of every disk chain (top first). Kernel and initrd are paths resolved and checked at start (QEMU
+/// reads them itself).
 /// </summary>
-public sealed record QemuFiles(int MonitorFd, int ConsoleFd, IReadOnlyList<IReadOnlyList<QemuDiskLayer>> Disks, string? Kernel = null, string? Initrd = null);
+public sealed record QemuFiles(int MonitorFd, int ConsoleFd, IReadOnlyList<IReadOnlyList<QemuDiskLayer>> Disks, string? Kernel = null, string? Initrd = null,
+    int SerialFd = -1);
 
 /// <summary>
 /// Builds QEMU's argv from a definition (libvirt's qemu_command.c): a list of arguments, never a shell
@@ -67,9 +70,15 @@ public static class QemuCommandLine
             "-chardev", $"socket,id=monitor,fd={files.MonitorFd.ToString(inv)},server=on,wait=off",
             "-mon", "chardev=monitor,mode=control",
             "-add-fd", $"fd={files.ConsoleFd.ToString(inv)},set={(++set).ToString(inv)}",
-            "-chardev", $"file,id=console,path=/dev/fdset/{set.ToString(inv)},append=on",
-            "-serial", "chardev:console",
         ]);
+        // The serial port is a socket the daemon connects to (and reconnects to after a restart); QEMU itself logs what
+        // the guest writes, so the log is whole even while no daemon listens.
+        argv.AddRange(files.SerialFd >= 0
+            ? ["-chardev", $"socket,id=console,fd={files.SerialFd.ToString(inv)},server=on,wait=off,logfile=/dev/fdset/{set.ToString(inv)},logappend=on"]
+            : ["-chardev", $"file,id=console,path=/dev/fdset/{set.ToString(inv)},append=on"]);
+        argv.AddRange(["-serial", "chardev:console"]);
+        // VNC with no listener: each viewer is a socket handed to QEMU over the monitor (add_client), so QEMU opens nothing.
+        if (d.VncEnabled) argv.AddRange(["-vga", "std", "-vnc", "none"]);
         if (files.Kernel is { } kernel) argv.AddRange(["-kernel", kernel]);
         if (files.Initrd is { } initrd) argv.AddRange(["-initrd", initrd]);
         if (d.Boot?.Cmdline is { Length: > 0 } cmdline && files.Kernel is not null) argv.AddRange(["-append", cmdline]);

@@ -115,9 +115,11 @@ public sealed class QemuDriver : IHypervisorDriver
             var paths = PathsFor(d.Uuid);
             known.Add(Path.GetFileName(paths.Status));
             known.Add(Path.GetFileName(paths.Monitor));
+            known.Add(Path.GetFileName(paths.Serial));
             if (!File.Exists(paths.Status))
             {
                 DeleteQuietly(paths.Monitor);
+                DeleteQuietly(paths.Serial);
                 continue;
             }
             var (status, problem) = QemuStatusFile.TryRead(paths.Status);
@@ -149,8 +151,9 @@ public sealed class QemuDriver : IHypervisorDriver
         foreach (var file in Directory.EnumerateFiles(_virtd.RunDirectory))
         {
             var name = Path.GetFileName(file);
-            if (known.Contains(name) || !(name.EndsWith(".qmp", StringComparison.Ordinal) || name.EndsWith(".status.json", StringComparison.Ordinal))) continue;
-            var statusPath = name.EndsWith(".qmp", StringComparison.Ordinal) ? file[..^4] + ".status.json" : file;
+            if (known.Contains(name) || !(name.EndsWith(".qmp", StringComparison.Ordinal) || name.EndsWith(".serial", StringComparison.Ordinal)
+                    || name.EndsWith(".status.json", StringComparison.Ordinal))) continue;
+            var statusPath = name.EndsWith(".status.json", StringComparison.Ordinal) ? file : file[..file.LastIndexOf('.')] + ".status.json";
             if (QemuStatusFile.TryRead(statusPath).Status is { } orphan && orphan.Matches(orphan.Pid))
             {
                 _log.LogWarning("QEMU pid {Pid} runs for '{Name}' ({Uuid}), which is not defined; left alone", orphan.Pid, orphan.Name, orphan.Uuid);
@@ -164,10 +167,13 @@ public sealed class QemuDriver : IHypervisorDriver
     {
         DeleteQuietly(paths.Status);
         DeleteQuietly(paths.Monitor);
+        DeleteQuietly(paths.Serial);
         host.MarkStopped(d, StateReasons.DaemonDown);
     }
 
     public QemuPaths PathsFor(Guid uuid) => QemuPaths.For(_virtd.RunDirectory, LogDirectory, uuid);
+
+    public string? ConsoleLogPath(Guid uuid) => PathsFor(uuid).Console;
 
     public async Task<IVmInstance> LaunchAsync(DomainObject domain, DomainDefinition definition, IVmEventSink sink, CancellationToken cancellationToken)
     {
@@ -190,6 +196,7 @@ public sealed class QemuDriver : IHypervisorDriver
         var initrd = BootFile(domain.Name, "initrd", definition.Boot?.Initrd);
 
         DeleteQuietly(paths.Monitor); // a socket left by a QEMU killed with SIGKILL refuses connections
+        DeleteQuietly(paths.Serial);
         var opened = new List<Microsoft.Win32.SafeHandles.SafeFileHandle>();
         int pid;
         var clock = Stopwatch.StartNew();
@@ -200,6 +207,8 @@ public sealed class QemuDriver : IHypervisorDriver
             opened.Add(monitor);
             var console = Linux.Open(paths.Console, Linux.AppendFlags, 0b110_000_000);
             opened.Add(console);
+            var serial = Linux.ListenUnix(paths.Serial);
+            opened.Add(serial);
             var diskHandles = new List<List<(Microsoft.Win32.SafeHandles.SafeFileHandle Handle, ImageLayer Layer, bool ReadOnly)>>();
             for (var i = 0; i < chains.Count; i++)
             {
@@ -228,10 +237,11 @@ public sealed class QemuDriver : IHypervisorDriver
             }
             var monitorFd = Pass(monitor);
             var consoleFd = Pass(console);
+            var serialFd = Pass(serial);
             var disks = diskHandles.Select(layers => (IReadOnlyList<QemuDiskLayer>)layers
                 .Select(l => new QemuDiskLayer(Pass(l.Handle), l.Layer.Format, l.ReadOnly)).ToList()).ToList();
             argv = [.. _confinement.Prefix, .. QemuCommandLine.Build(_binary, definition with { Uuid = uuid },
-                new QemuFiles(monitorFd, consoleFd, disks, kernel, initrd), _accel, Options.Sandbox && _caps.Sandbox)];
+                new QemuFiles(monitorFd, consoleFd, disks, kernel, initrd, serialFd), _accel, Options.Sandbox && _caps.Sandbox)];
             QemuLog.Append(paths.Log, "starting: " + string.Join(' ', argv.Select(QuoteForLog)));
             QemuLog.Append(paths.Console, $"--- start of {domain.Name} ---");
             pid = Linux.Spawn(argv, [.. QemuCommandLine.Environment, QemuCommandLine.RunDirectoryVariable + "=" + _virtd.RunDirectory], paths.Log, pass);
@@ -239,6 +249,7 @@ public sealed class QemuDriver : IHypervisorDriver
         catch (IOException e)
         {
             DeleteQuietly(paths.Monitor);
+            DeleteQuietly(paths.Serial);
             _log.LogError("domain {Domain}: cannot start QEMU: {Error}", domain.Name, e.Message);
             throw VirtdException.HypervisorError($"cannot start QEMU for domain '{domain.Name}': {VirtdException.Describe(e)} (the daemon's log has more)");
         }
@@ -264,6 +275,7 @@ public sealed class QemuDriver : IHypervisorDriver
             try
             {
                 await vm.ConnectAsync(Options.StartTimeout, start.Token).ConfigureAwait(false);
+                vm.AttachSerial(readopted: false);
                 var connected = clock.Elapsed;
                 await vm.CommandAsync("cont", null, start.Token).ConfigureAwait(false);
                 _log.LogDebug("domain {Domain}: QEMU pid {Pid} running after {Total:0.0} ms (spawn and status file {Spawn:0.0} ms, monitor {Monitor:0.0} ms, cont {Cont:0.0} ms)",

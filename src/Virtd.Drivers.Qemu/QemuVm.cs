@@ -32,6 +32,8 @@ internal sealed class QemuVm : IVmInstance
     private Task _reconnect = Task.CompletedTask;
     private Task? _watch;
     private Task? _detached;
+    private QemuSerial? _serial;
+    private int _vncClients;
 
     // Set by the event loop, read when the process has exited.
     private string? _shutdownReason;
@@ -105,6 +107,63 @@ internal sealed class QemuVm : IVmInstance
     public Task ResumeAsync(CancellationToken cancellationToken) => CommandAsync("cont", null, cancellationToken);
 
     public Task ResetAsync(CancellationToken cancellationToken) => CommandAsync("system_reset", null, cancellationToken);
+
+    public Virtd.Core.Consoles.IVmConsole? Console => Volatile.Read(ref _serial)?.Hub;
+
+    /// <summary>
+    /// Connects the daemon to the serial port (at launch, and again when a restarted daemon takes the VM back: then the
+    /// history a viewer gets first comes from the log). Without a serial socket (started by an older daemon) there is no console.
+    /// </summary>
+    public void AttachSerial(bool readopted)
+    {
+        if (!File.Exists(Paths.Serial)) return;
+        var serial = new QemuSerial(Paths.Serial, Name, _log);
+        if (readopted) serial.Seed(Paths.Console);
+        lock (_sync)
+        {
+            if (_serial is not null || _life.IsCancellationRequested) return;
+            if (!serial.Start(_life.Token)) return;
+            _serial = serial;
+        }
+    }
+
+    /// <summary>
+    /// A new VNC client: one end of a socket pair goes to QEMU over the monitor (<c>getfd</c>, then <c>add_client</c>), the
+    /// other is returned. QEMU's VNC server listens nowhere (<c>-vnc none</c>).
+    /// </summary>
+    public async Task<Stream> OpenVncAsync(CancellationToken cancellationToken)
+    {
+        if (!Definition.VncEnabled)
+            throw new VirtdException(ErrorCodes.VncUnavailable, 409, "VNC unavailable",
+                $"domain '{Name}' runs without VNC: set \"graphics\": {{\"vnc\": true}} in its definition, then start it again");
+        var (ours, theirs) = Linux.SocketPair();
+        var fdName = $"vnc{Interlocked.Increment(ref _vncClients)}";
+        try
+        {
+            using (theirs)
+            {
+                var monitor = await MonitorAsync("getfd", cancellationToken).ConfigureAwait(false);
+                await monitor.ExecuteAsync("getfd", new JsonObject { ["fdname"] = fdName }, MonitorTimeout, theirs, cancellationToken).ConfigureAwait(false);
+            }
+            try
+            {
+                await CommandAsync("add_client", new JsonObject { ["protocol"] = "vnc", ["fdname"] = fdName, ["skipauth"] = true }, cancellationToken)
+                    .ConfigureAwait(false);
+            }
+            catch (VirtdException)
+            {
+                try { await CommandAsync("closefd", new JsonObject { ["fdname"] = fdName }, CancellationToken.None).ConfigureAwait(false); }
+                catch (VirtdException) { }
+                throw;
+            }
+            return new System.Net.Sockets.NetworkStream(new System.Net.Sockets.Socket(ours), ownsSocket: true);
+        }
+        catch
+        {
+            ours.Dispose();
+            throw;
+        }
+    }
 
     public Task PowerdownAsync(CancellationToken cancellationToken) => CommandAsync("system_powerdown", null, cancellationToken);
 
@@ -207,6 +266,7 @@ internal sealed class QemuVm : IVmInstance
         try
         {
             var monitor = await ConnectAsync(_driver.Options.ReconnectTimeout, _life.Token).ConfigureAwait(false);
+            AttachSerial(readopted: true);
             var status = await monitor.ExecuteAsync("query-status", null, MonitorTimeout, _life.Token).ConfigureAwait(false);
             var runState = status.TryGetProperty("status", out var s) ? s.GetString() ?? "" : "";
             _log.LogInformation("domain {Domain}: re-adopted QEMU pid {Pid} ({Status})", Name, Pid, runState);
@@ -370,6 +430,12 @@ internal sealed class QemuVm : IVmInstance
         var exit = Classify(status);
         TryDelete(Paths.Status);
         TryDelete(Paths.Monitor);
+        TryDelete(Paths.Serial);
+        if (Volatile.Read(ref _serial) is { } serial)
+        {
+            await WaitBoundedAsync(serial.Completion).ConfigureAwait(false);
+            serial.Hub.End("the domain stopped");
+        }
         QemuLog.Append(Paths.Log, $"QEMU pid {Pid} ended: {Describe(exit)}");
         if (monitor is not null) await monitor.DisposeAsync().ConfigureAwait(false);
         _pidfd.Dispose(); // reaped: nothing left to signal, and one descriptor less per run
@@ -443,6 +509,13 @@ internal sealed class QemuVm : IVmInstance
         QmpMonitor? monitor;
         lock (_sync) monitor = _monitor;
         if (monitor is not null) await monitor.DisposeAsync().ConfigureAwait(false);
+        QemuSerial? serial;
+        lock (_sync) serial = _serial;
+        if (serial is not null)
+        {
+            await serial.Completion.ConfigureAwait(false);
+            serial.Hub.End("the daemon is stopping");
+        }
         await Task.WhenAll(_eventLoop, _reconnect).ConfigureAwait(false);
     }
 
@@ -453,7 +526,7 @@ internal sealed class QemuVm : IVmInstance
     }
 
     /// <summary>Every task this VM owns, for the driver's cleanup.</summary>
-    public Task Background => Task.WhenAll(_eventLoop, _reconnect, _watch ?? Task.CompletedTask);
+    public Task Background => Task.WhenAll(_eventLoop, _reconnect, _watch ?? Task.CompletedTask, Volatile.Read(ref _serial)?.Completion ?? Task.CompletedTask);
 
     public override string ToString() => $"{Name} (pid {Pid})";
 }

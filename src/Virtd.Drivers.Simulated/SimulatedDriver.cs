@@ -90,7 +90,18 @@ internal sealed class SimulatedVm : IVmInstance
         _sim = definition.Simulation ?? new SimulationConfig();
         _sink = sink;
         Pid = pid;
+        // A console like a guest's shell on a serial line: it says it is ready and echoes what is typed.
+        _console = new Virtd.Core.Consoles.ConsoleHub((input, _) =>
+        {
+            _console!.Publish(System.Text.Encoding.UTF8.GetBytes(System.Text.Encoding.UTF8.GetString(input.Span).Replace("\r", "\r\n")));
+            return ValueTask.CompletedTask;
+        });
+        _console.Publish(System.Text.Encoding.UTF8.GetBytes($"simulated guest {name}: ready\r\n"));
     }
+
+    private readonly Virtd.Core.Consoles.ConsoleHub _console;
+
+    public Virtd.Core.Consoles.IVmConsole? Console => _console;
 
     public int Pid { get; }
 
@@ -185,6 +196,7 @@ internal sealed class SimulatedVm : IVmInstance
     private void Exit(VmExit exit)
     {
         if (!_exit.TrySetResult(exit)) return;
+        _console.End("the domain stopped");
         DisposeTimers();
         _driver.Forget(this);
         _sink.OnExited(this, exit);

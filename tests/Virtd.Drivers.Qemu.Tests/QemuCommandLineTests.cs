@@ -21,6 +21,27 @@ public class QemuCommandLineTests
         argv.Select((a, i) => (a, i)).Where(x => x.a == option && x.i + 1 < argv.Count).Select(x => argv[x.i + 1]).ToList();
 
     [Fact]
+    public void Build_SerialPort_IsAnInheritedListeningSocket_LoggedByQemuThroughAnInheritedDescriptor()
+    {
+        var argv = Build(Def(), files: Files with { SerialFd = 42 });
+        Assert.Equal(["socket,id=monitor,fd=40,server=on,wait=off", "socket,id=console,fd=42,server=on,wait=off,logfile=/dev/fdset/1,logappend=on"],
+            ValuesOf(argv, "-chardev"));
+        Assert.Equal(["fd=41,set=1"], ValuesOf(argv, "-add-fd"));
+        Assert.Equal(["chardev:console"], ValuesOf(argv, "-serial"));
+    }
+
+    [Fact]
+    public void Build_Vnc_ByDefaultOnlyWithDisks_ListensNowhere_AndHasADisplayAdapter()
+    {
+        Assert.Empty(ValuesOf(Build(Def()), "-vnc"));
+        var on = Build(Def(d => d with { Graphics = new GraphicsConfig { Vnc = true } }));
+        Assert.Equal(["none"], ValuesOf(on, "-vnc"));
+        Assert.Equal(["std"], ValuesOf(on, "-vga"));
+        Assert.True(Def(d => d with { Disks = [new DiskConfig { Path = "/x" }] }).VncEnabled);
+        Assert.False(Def(d => d with { Disks = [new DiskConfig { Path = "/x" }], Graphics = new GraphicsConfig { Vnc = false } }).VncEnabled);
+    }
+
+    [Fact]
     public void Build_DisklessVm_HasIdentityResourcesMonitorConsoleAndStartsPaused()
     {
         var argv = Build(Def());

@@ -213,7 +213,24 @@ internal sealed class Client
         if (r.ETag is not null) _staleETag ??= r.ETag;
     }
 
-    private Task GateAsync() => _api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate");
+    /// <summary>
+    /// The serial console's log as text; the console and VNC routes asked without a WebSocket handshake (400
+    /// websocket-required: the soak speaks HTTP only; the WebSockets have their own tests).
+    /// </summary>
+    private async Task ConsolesAsync()
+    {
+        var name = AnyDomain();
+        await _api.GetAsync(Soak.ConsoleLogOp, $"/api/v1/domains/{name}/console/log?tail=20").ConfigureAwait(false);
+        var vnc = _rng.Next(2) == 0;
+        await _api.GetAsync(vnc ? Soak.VncOp : Soak.ConsoleOp, $"/api/v1/domains/{name}/{(vnc ? "vnc" : "console")}").ConfigureAwait(false);
+    }
+
+    /// <summary>The gate, and one time in four a domain's consoles (inside this entry: the mix's weights stay those of the volume walk's coverage).</summary>
+    private async Task GateAsync()
+    {
+        await _api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate").ConfigureAwait(false);
+        if (_rng.Next(4) == 0) await ConsolesAsync().ConfigureAwait(false);
+    }
 
     private async Task ListJobsAsync()
     {

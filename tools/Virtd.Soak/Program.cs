@@ -65,6 +65,9 @@ namespace Virtd.Soak
         public const string DomainPutOp = "PUT /api/v1/domains/{id}";
         public const string UndefineOp = "DELETE /api/v1/domains/{id}";
         public const string GateOp = "GET /api/v1/domains/{id}/gate";
+        public const string ConsoleOp = "GET /api/v1/domains/{id}/console";
+        public const string ConsoleLogOp = "GET /api/v1/domains/{id}/console/log";
+        public const string VncOp = "GET /api/v1/domains/{id}/vnc";
         public const string JobsOp = "GET /api/v1/jobs";
         public const string JobOp = "GET /api/v1/jobs/{jobId}";
         public const string JobCancelOp = "DELETE /api/v1/jobs/{jobId}";

@@ -70,6 +70,13 @@ public sealed record DomainDefinition
 
     public string? Description { get; init; }
 
+    /// <summary>The graphical console. Absent (or <c>vnc</c> absent): VNC for a domain with disks, none for a diskless one.</summary>
+    public GraphicsConfig? Graphics { get; init; }
+
+    /// <summary>Whether the VM gets a VNC server: <c>graphics.vnc</c> when given, else whether it has disks.</summary>
+    [JsonIgnore]
+    public bool VncEnabled => Graphics?.Vnc ?? Disks.Count > 0;
+
     /// <summary>Fault injection for the simulated driver; ignored by other drivers.</summary>
     public SimulationConfig? Simulation { get; init; }
 
@@ -103,6 +110,15 @@ public sealed record DiskConfig
     [DefaultValue(DiskBus.Virtio)]
     public DiskBus Bus { get; init; } = DiskBus.Virtio;
     public bool ReadOnly { get; init; }
+}
+
+public sealed record GraphicsConfig
+{
+    /// <summary>
+    /// A VNC server reached only through the daemon (<c>GET /api/v1/domains/{id}/vnc</c>, a WebSocket carrying RFB): no TCP
+    /// port, no socket file. Absent: on for a domain with disks, off for a diskless one.
+    /// </summary>
+    public bool? Vnc { get; init; }
 }
 
 public sealed record NicConfig

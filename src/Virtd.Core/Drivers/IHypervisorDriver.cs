@@ -44,6 +44,16 @@ public interface IVmInstance
     Task PowerdownAsync(CancellationToken cancellationToken);
     /// <summary>Asks the guest to reboot, honouring the definition's <c>onReboot</c>; returns when done or exited.</summary>
     Task RebootAsync(CancellationToken cancellationToken);
+
+    /// <summary>The guest's serial console, or null when this VM has none the daemon can reach.</summary>
+    Consoles.IVmConsole? Console => null;
+
+    /// <summary>
+    /// A new connection to the VM's VNC server speaking RFB, or <c>vnc-unavailable</c> (409) when the VM has no VNC.
+    /// The caller owns the stream.
+    /// </summary>
+    Task<Stream> OpenVncAsync(CancellationToken cancellationToken) =>
+        throw new Errors.VirtdException(Errors.ErrorCodes.VncUnavailable, 409, "VNC unavailable", "this domain's VM has no graphical console");
 }
 
 /// <summary>
@@ -126,6 +136,9 @@ public interface IHypervisorDriver
     Task ShutdownWaitAsync(CancellationToken cancellationToken);
 
     ValueTask CleanupAsync();
+
+    /// <summary>The file a domain's serial console is logged to (its last runs), or null when this driver keeps none.</summary>
+    string? ConsoleLogPath(Guid uuid) => null;
 
     /// <summary>Launches the VM of <paramref name="definition"/> and returns it running. On failure nothing is left behind.</summary>
     Task<IVmInstance> LaunchAsync(DomainObject domain, DomainDefinition definition, IVmEventSink sink, CancellationToken cancellationToken);

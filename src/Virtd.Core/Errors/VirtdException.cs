@@ -51,6 +51,9 @@ public static class ErrorCodes
     public const string VolumeExists = "volume-exists";
     public const string VolumeInUse = "volume-in-use";
     public const string VolumeBusy = "volume-busy";
+    public const string WebSocketRequired = "websocket-required";
+    public const string ConsoleUnavailable = "console-unavailable";
+    public const string VncUnavailable = "vnc-unavailable";
 
     /// <summary>Every code, as the OpenAPI document lists them (a test keeps this list and the constants the same).</summary>
     public static readonly IReadOnlyList<string> All =
@@ -103,6 +106,9 @@ public static class ErrorCodes
         VolumeExists,
         VolumeInUse,
         VolumeBusy,
+        WebSocketRequired,
+        ConsoleUnavailable,
+        VncUnavailable,
     ];
 }
 

@@ -27,8 +27,8 @@ public sealed class QmpMonitor : IAsyncDisposable
     private readonly TimeProvider _time;
     private readonly ILogger _log;
     private readonly ConcurrentDictionary<long, Pending> _pending = new();
-    private readonly Channel<(long Id, byte[] Bytes)> _outgoing =
-        Channel.CreateUnbounded<(long, byte[])>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Channel<(long Id, byte[] Bytes, System.Runtime.InteropServices.SafeHandle? Fd)> _outgoing =
+        Channel.CreateUnbounded<(long, byte[], System.Runtime.InteropServices.SafeHandle?)>(new UnboundedChannelOptions { SingleReader = true });
     private readonly Channel<QmpEvent> _events = Channel.CreateUnbounded<QmpEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     private readonly TaskCompletionSource<QmpGreeting> _greeting = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Task _readLoop;
@@ -119,7 +119,15 @@ public sealed class QmpMonitor : IAsyncDisposable
     /// comes within <paramref name="timeout"/> (the late reply is then discarded), <c>hypervisor-error</c>
     /// with QEMU's own text when QEMU refuses, or when the connection ends first.
     /// </summary>
-    public async Task<JsonElement> ExecuteAsync(string command, JsonObject? arguments, TimeSpan timeout, CancellationToken cancellationToken)
+    public Task<JsonElement> ExecuteAsync(string command, JsonObject? arguments, TimeSpan timeout, CancellationToken cancellationToken) =>
+        ExecuteAsync(command, arguments, timeout, null, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="ExecuteAsync(string, JsonObject?, TimeSpan, CancellationToken)"/>, sending <paramref name="passFd"/> with
+    /// the command (SCM_RIGHTS), as <c>getfd</c> needs. The caller keeps the handle open until the reply.
+    /// </summary>
+    public async Task<JsonElement> ExecuteAsync(string command, JsonObject? arguments, TimeSpan timeout,
+        System.Runtime.InteropServices.SafeHandle? passFd, CancellationToken cancellationToken)
     {
         if (_closeReason is { } closed) throw Closed(command, closed);
         var id = Interlocked.Increment(ref _nextId);
@@ -127,7 +135,7 @@ public sealed class QmpMonitor : IAsyncDisposable
         _pending[id] = new Pending(command, reply);
         // The reader may have ended between the check above and the registration: it fails what it finds, so look again.
         if (_closeReason is { } closedNow && _pending.TryRemove(id, out _)) throw Closed(command, closedNow);
-        if (!_outgoing.Writer.TryWrite((id, QmpProtocol.EncodeCommand(command, id, arguments))))
+        if (!_outgoing.Writer.TryWrite((id, QmpProtocol.EncodeCommand(command, id, arguments), passFd)))
         {
             _pending.TryRemove(id, out _);
             throw Closed(command, _closeReason ?? "monitor closed");
@@ -233,17 +241,40 @@ public sealed class QmpMonitor : IAsyncDisposable
     private async Task WriteLoopAsync()
     {
         await Task.Yield();
-        await foreach (var (id, bytes) in _outgoing.Reader.ReadAllAsync().ConfigureAwait(false))
+        await foreach (var (id, bytes, fd) in _outgoing.Reader.ReadAllAsync().ConfigureAwait(false))
         {
             try
             {
-                await _stream.WriteAsync(bytes).ConfigureAwait(false);
+                if (fd is null) await _stream.WriteAsync(bytes).ConfigureAwait(false);
+                else await SendWithFdAsync(bytes, fd).ConfigureAwait(false);
             }
             catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
             {
                 if (_pending.TryRemove(id, out var p)) p.Reply.TrySetException(Closed(p.Command, $"write failed: {e.Message}"));
             }
         }
+    }
+
+    /// <summary>The descriptor goes with the first byte; the rest of the command follows as usual.</summary>
+    private async Task SendWithFdAsync(byte[] bytes, System.Runtime.InteropServices.SafeHandle fd)
+    {
+        var added = false;
+        fd.DangerousAddRef(ref added);
+        try
+        {
+            for (var attempt = 0; ; attempt++)
+            {
+                var sent = Native.Linux.SendWithFd(_socket.SafeHandle, bytes.AsSpan(0, 1), (int)fd.DangerousGetHandle());
+                if (sent > 0) break;
+                if (attempt > 100) throw new IOException("the monitor socket stayed full");
+                await Task.Delay(TimeSpan.FromMilliseconds(10), _time).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            if (added) fd.DangerousRelease();
+        }
+        await _stream.WriteAsync(bytes.AsMemory(1)).ConfigureAwait(false);
     }
 
     /// <summary>Closes the connection (QEMU keeps running and accepts the next client) and waits for both loops.</summary>

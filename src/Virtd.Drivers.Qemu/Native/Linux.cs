@@ -199,6 +199,61 @@ internal static unsafe class Linux
         return handle;
     }
 
+    /// <summary>A connected pair of Unix stream sockets, both close-on-exec.</summary>
+    public static (System.Net.Sockets.SafeSocketHandle, System.Net.Sockets.SafeSocketHandle) SocketPair()
+    {
+        var fds = stackalloc int[2];
+        if (socketpair(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | O_CLOEXEC, 0, fds) != 0)
+            throw new IOException($"socketpair failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        return (new System.Net.Sockets.SafeSocketHandle(fds[0], ownsHandle: true), new System.Net.Sockets.SafeSocketHandle(fds[1], ownsHandle: true));
+    }
+
+    private const int EAGAIN = 11;
+
+    /// <summary>
+    /// Sends <paramref name="data"/> with <paramref name="passFd"/> attached (SCM_RIGHTS): how QEMU's monitor receives a
+    /// descriptor for <c>getfd</c>. Returns the bytes sent, or -1 when the socket would block (try again).
+    /// </summary>
+    public static int SendWithFd(System.Runtime.InteropServices.SafeHandle socket, ReadOnlySpan<byte> data, int passFd)
+    {
+        var added = false;
+        socket.DangerousAddRef(ref added);
+        try
+        {
+            fixed (byte* p = data)
+            {
+                var iov = stackalloc nint[2];
+                iov[0] = (nint)p;
+                iov[1] = data.Length;
+                var control = stackalloc byte[24]; // CMSG_SPACE(sizeof(int))
+                new Span<byte>(control, 24).Clear();
+                *(ulong*)control = 20; // CMSG_LEN(sizeof(int))
+                *(int*)(control + 8) = 1; // SOL_SOCKET
+                *(int*)(control + 12) = 1; // SCM_RIGHTS
+                *(int*)(control + 16) = passFd;
+                var msg = stackalloc byte[56]; // struct msghdr
+                new Span<byte>(msg, 56).Clear();
+                *(nint*)(msg + 16) = (nint)iov;
+                *(nint*)(msg + 24) = 1;
+                *(nint*)(msg + 32) = (nint)control;
+                *(nint*)(msg + 40) = 24;
+                while (true)
+                {
+                    var n = sendmsg((int)socket.DangerousGetHandle(), msg, 0x4000 /* MSG_NOSIGNAL */);
+                    if (n >= 0) return (int)n;
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno == EINTR) continue;
+                    if (errno == EAGAIN) return -1;
+                    throw new IOException($"sendmsg failed: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added) socket.DangerousRelease();
+        }
+    }
+
     // ---- epoll and eventfd, for the exit watcher ----
 
     public const uint EPOLLIN = 1;
@@ -261,6 +316,8 @@ internal static unsafe class Linux
     [DllImport("libc", SetLastError = true)] public static extern int close(int fd);
     [DllImport("libc", SetLastError = true)] private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mode);
     [DllImport("libc", SetLastError = true)] private static extern int socket(int domain, int type, int protocol);
+    [DllImport("libc", SetLastError = true)] private static extern int socketpair(int domain, int type, int protocol, int* fds);
+    [DllImport("libc", SetLastError = true)] private static extern nint sendmsg(int fd, void* msg, int flags);
     [DllImport("libc", SetLastError = true)] private static extern int bind(int fd, void* addr, int len);
     [DllImport("libc", SetLastError = true)] private static extern int listen(int fd, int backlog);
     [DllImport("libc", SetLastError = true)] private static extern nint read(int fd, void* buf, nint count);

@@ -65,6 +65,7 @@ public sealed class AccessMatrixTests
                 var status = (int)response.StatusCode;
                 // An event stream never ends: only its headers are read.
                 var body = response.Content.Headers.ContentType?.MediaType == "text/event-stream" ? "" : await response.Content.ReadAsStringAsync();
+                // A console is a WebSocket: a plain GET is told so (400 websocket-required), documented like any answer.
                 var what = $"{caller} {route.Method} {route.Path} → {status}: {body}";
                 var expected = route.Role switch
                 {

@@ -173,11 +173,9 @@ public static class TestGuest
 {
     public const string ReadyLine = "virtd-test-guest: ready";
 
-    private static readonly Lazy<(string Kernel, string Initrd)> Built = new(Build);
-
-    public static string Kernel => Built.Value.Kernel;
-    public static string Initrd => Built.Value.Initrd;
-    public static string Directory => Path.GetDirectoryName(Kernel)!;
+    public static string Kernel => TestGuestImage.Kernel;
+    public static string Initrd => TestGuestImage.Initrd;
+    public static string Directory => TestGuestImage.Directory;
 
     /// <summary>A definition of the test guest (kernel boot, 128 MiB: less and the kernel does not come up).</summary>
     public static Dictionary<string, object?> Definition(string name, object? extra = null) => QemuApp.Merge(new Dictionary<string, object?>
@@ -210,49 +208,5 @@ public static class TestGuest
             return new StreamReader(fs).ReadToEnd();
         }
         catch (IOException) { return ""; }
-    }
-
-    private static (string, string) Build()
-    {
-        var root = AppContext.BaseDirectory;
-        while (root is not null && !File.Exists(Path.Combine(root, "Api.sln"))) root = Path.GetDirectoryName(root);
-        if (root is null) throw new InvalidOperationException("cannot find the repository root (Api.sln) above " + AppContext.BaseDirectory);
-        var script = Path.Combine(root, "scripts", "build-test-guest");
-        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) throw new TimeoutException("scripts/build-test-guest took over 5 minutes");
-        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/build-test-guest failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
-        var lines = stdout.Result.Split('\n');
-        string Value(string key) => lines.Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
-            ?? throw new InvalidOperationException($"scripts/build-test-guest printed no '{key}=' line: {stdout.Result}");
-        return Stage(Value("kernel"), Value("initrd"));
-    }
-
-    /// <summary>
-    /// QEMU runs as virtd-qemu, which must be able to read the kernel and initrd by path (QEMU does not load
-    /// them through -add-fd). The repository may sit below a directory only root can enter (a CI checkout),
-    /// so the tests use a copy in a directory everyone can traverse, refreshed when the build changes.
-    /// </summary>
-    private static (string, string) Stage(string kernel, string initrd)
-    {
-        const string Shared = "/var/tmp/virtd-test-guest";
-        System.IO.Directory.CreateDirectory(Shared);
-        File.SetUnixFileMode(Shared, (UnixFileMode)0b111_101_101);
-        string Copy(string source)
-        {
-            var target = Path.Combine(Shared, Path.GetFileName(source));
-            var from = new FileInfo(source);
-            var to = new FileInfo(target);
-            if (to.Exists && to.Length == from.Length && to.LastWriteTimeUtc == from.LastWriteTimeUtc) return target;
-            var temporary = $"{target}.{Environment.ProcessId}.tmp";
-            File.Copy(source, temporary, overwrite: true);
-            File.SetLastWriteTimeUtc(temporary, from.LastWriteTimeUtc);
-            File.SetUnixFileMode(temporary, (UnixFileMode)0b110_100_100);
-            File.Move(temporary, target, overwrite: true);
-            return target;
-        }
-        return (Copy(kernel), Copy(initrd));
     }
 }

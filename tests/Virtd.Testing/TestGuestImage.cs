@@ -1,0 +1,64 @@
+using System.Diagnostics;
+
+namespace Virtd.Testing;
+
+/// <summary>
+/// The bootable test guest of scripts/build-test-guest (built once per run, cached by the script): a kernel and an
+/// initrd whose /init prints "virtd-test-guest: ready" on ttyS0, powers off on the ACPI button, then runs a shell there.
+/// </summary>
+public static class TestGuestImage
+{
+    public const string ReadyLine = "virtd-test-guest: ready";
+
+    /// <summary>The kernel command line the guest boots with.</summary>
+    public const string Cmdline = "console=ttyS0 quiet panic=-1";
+
+    private static readonly Lazy<(string Kernel, string Initrd)> Built = new(Build);
+
+    public static string Kernel => Built.Value.Kernel;
+    public static string Initrd => Built.Value.Initrd;
+
+    /// <summary>Where kernel and initrd are: make it a storage pool so definitions may name them.</summary>
+    public static string Directory => Path.GetDirectoryName(Kernel)!;
+
+    private static (string, string) Build()
+    {
+        var script = RepositoryFiles.Find(Path.Combine("scripts", "build-test-guest"));
+        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) throw new TimeoutException("scripts/build-test-guest took over 5 minutes");
+        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/build-test-guest failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
+        var lines = stdout.Result.Split('\n');
+        string Value(string key) => lines.Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
+            ?? throw new InvalidOperationException($"scripts/build-test-guest printed no '{key}=' line: {stdout.Result}");
+        return Stage(Value("kernel"), Value("initrd"));
+    }
+
+    /// <summary>
+    /// QEMU runs as virtd-qemu, which must be able to read the kernel and initrd by path (QEMU does not load
+    /// them through -add-fd). The repository may sit below a directory only root can enter (a CI checkout),
+    /// so the tests use a copy in a directory everyone can traverse, refreshed when the build changes.
+    /// </summary>
+    private static (string, string) Stage(string kernel, string initrd)
+    {
+        const string Shared = "/var/tmp/virtd-test-guest";
+        System.IO.Directory.CreateDirectory(Shared);
+        File.SetUnixFileMode(Shared, (UnixFileMode)0b111_101_101);
+        string Copy(string source)
+        {
+            var target = Path.Combine(Shared, Path.GetFileName(source));
+            var from = new FileInfo(source);
+            var to = new FileInfo(target);
+            if (to.Exists && to.Length == from.Length && to.LastWriteTimeUtc == from.LastWriteTimeUtc) return target;
+            var temporary = $"{target}.{Environment.ProcessId}.tmp";
+            File.Copy(source, temporary, overwrite: true);
+            File.SetLastWriteTimeUtc(temporary, from.LastWriteTimeUtc);
+            File.SetUnixFileMode(temporary, (UnixFileMode)0b110_100_100);
+            File.Move(temporary, target, overwrite: true);
+            return target;
+        }
+        return (Copy(kernel), Copy(initrd));
+    }
+}
