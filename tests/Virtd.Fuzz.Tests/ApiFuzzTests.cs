@@ -162,7 +162,8 @@ public sealed class ApiFuzzTests(ITestOutputHelper output)
         var segments = SegmentsOf(response.RequestMessage!.RequestUri!);
         var candidates = segments.Any(s => s.Length == 0) ? [] : doc.ForPath(segments);
         op = candidates.FirstOrDefault(o => o.Method == r.Method);
-        if (op is not null && r.Operation is not null && op.Template != r.Operation.Template) op = r.Operation; // a value that reads like a literal segment
+        // A value that reads like a literal segment; not an empty last value, which the server (like Trim above) drops with its slash.
+        if (op is not null && r.Operation is not null && op.Template != r.Operation.Template && r.Operation.Matches(segments)) op = r.Operation;
         var matched = op;
         // The dashboard's static files are not API operations: a GET of one is the file itself.
         if (op is null && r.Method is "GET" or "HEAD" && status == 200 && IsDashboardFile(response.RequestMessage!.RequestUri!.AbsolutePath)) return null;
