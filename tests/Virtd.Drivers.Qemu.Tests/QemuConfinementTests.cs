@@ -46,8 +46,8 @@ public sealed class QemuConfinementTests
         Directory.CreateDirectory(images);
         var readable = Path.Combine(images, "to-hostname.qcow2");
         var missing = Path.Combine(images, "to-nothing.qcow2");
-        QemuImg("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", readable, "1M");
-        QemuImg("create", "-f", "qcow2", "-u", "-b", "/etc/no-such-file-here", "-F", "raw", missing, "1M");
+        QemuHost.QemuImg("create", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", readable, "1M");
+        QemuHost.QemuImg("create", "-f", "qcow2", "-u", "-b", "/etc/no-such-file-here", "-F", "raw", missing, "1M");
 
         var first = await DefineAsync(q, "a", readable, "qcow2");
         var second = await DefineAsync(q, "b", missing, "qcow2");
@@ -66,12 +66,12 @@ public sealed class QemuConfinementTests
         var images = q.App.ImagesDirectory;
         Directory.CreateDirectory(images);
         var disk = Path.Combine(images, "guest.img");
-        QemuImg("create", "-f", "raw", disk, "1M");
+        QemuHost.QemuImg("create", "-f", "raw", disk, "1M");
         await q.Http.DefineAsync(new { name = "vm", memoryMiB = 64, disks = new[] { new { path = disk, format = "raw" } } });
 
         // What a guest can do to its own raw disk: write a qcow2 header naming a host file as its backing file.
         var header = Path.Combine(q.App.StateDirectory, "header.qcow2");
-        QemuImg("create", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", header, "1M");
+        QemuHost.QemuImg("create", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", header, "1M");
         using (var raw = File.OpenWrite(disk)) raw.Write(File.ReadAllBytes(header));
 
         // 1. Switching the disk to qcow2 is refused by the PUT.
@@ -80,7 +80,7 @@ public sealed class QemuConfinementTests
 
         // 2. A definition that was already qcow2 when the header changed is refused by the start, before QEMU exists.
         var clean = Path.Combine(images, "clean.qcow2");
-        QemuImg("create", "-f", "qcow2", clean, "1M");
+        QemuHost.QemuImg("create", "-f", "qcow2", clean, "1M");
         await q.Http.DefineAsync(new { name = "vm2", memoryMiB = 64, disks = new[] { new { path = clean, format = "qcow2" } } });
         File.Copy(header, clean, overwrite: true);
         var job = await q.Http.ActAsync("vm2", "start", wait: 30);
@@ -100,8 +100,8 @@ public sealed class QemuConfinementTests
         Directory.CreateDirectory(images);
         var baseImage = Path.Combine(images, "base.raw");
         var clone = Path.Combine(images, "clone.qcow2");
-        QemuImg("create", "-f", "raw", baseImage, "1M");
-        QemuImg("create", "-f", "qcow2", "-b", baseImage, "-F", "raw", clone, "1M");
+        QemuHost.QemuImg("create", "-f", "raw", baseImage, "1M");
+        QemuHost.QemuImg("create", "-f", "qcow2", "-b", baseImage, "-F", "raw", clone, "1M");
         await q.Http.DefineAsync(new { name = "vm", memoryMiB = 64, disks = new[] { new { path = clone, format = "qcow2" } } });
 
         var pid = await q.StartAsync("vm");
@@ -134,16 +134,6 @@ public sealed class QemuConfinementTests
 
     private static Task<HttpResponseMessage> DefineAsync(QemuApp q, string name, string path, string format) =>
         q.Http.PostAsJsonAsync("/api/v1/domains", new { name, memoryMiB = 64, disks = new[] { new { path, format } } });
-
-    private static void QemuImg(params string[] args)
-    {
-        var psi = new ProcessStartInfo("qemu-img") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"qemu-img {string.Join(' ', args)}: {err}");
-    }
 
     private static string UserName(uint uid) =>
         File.ReadAllLines("/etc/passwd").Select(l => l.Split(':')).First(f => f[2] == uid.ToString(System.Globalization.CultureInfo.InvariantCulture))[0];

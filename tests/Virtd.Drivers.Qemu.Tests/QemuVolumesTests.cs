@@ -93,7 +93,7 @@ public sealed class QemuVolumesTests(ITestOutputHelper output)
         await using var q = new QemuApp();
         var dir = TestDirectories.Create("virtd-evil-");
         var evil = Path.Combine(dir, "evil.qcow2");
-        QemuImg("create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "1M");
+        QemuHost.QemuImg("create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", evil, "1M");
 
         var r = await q.Http.PutAsync($"{Volumes}/evil.img/content", new ByteArrayContent(File.ReadAllBytes(evil)));
 
@@ -109,15 +109,5 @@ public sealed class QemuVolumesTests(ITestOutputHelper output)
             if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
                 return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
         return 0;
-    }
-
-    private static void QemuImg(params string[] args)
-    {
-        var psi = new ProcessStartInfo("qemu-img") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException("qemu-img: " + err);
     }
 }

@@ -94,6 +94,18 @@ public sealed class QemuApp : IAsyncDisposable
 /// <summary>Facts about QEMU processes on this machine, read from /proc.</summary>
 public static class QemuHost
 {
+    /// <summary>Runs qemu-img (as the test, root) with these arguments; throws with its stderr when it fails.</summary>
+    public static void QemuImg(params string[] args)
+    {
+        var psi = new ProcessStartInfo("qemu-img") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, $"qemu-img {string.Join(' ', args)}: {err}");
+    }
+
+
     public static void RequireQemu()
     {
         if (QemuDiscovery.FindBinary(null).Path is null)
