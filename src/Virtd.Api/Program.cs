@@ -6,6 +6,7 @@ using Virtd.Api.Events;
 using Virtd.Api.Host;
 using Virtd.Api.Hosting;
 using Virtd.Api.Jobs;
+using Virtd.Api.Metrics;
 
 StopSignals.Honour();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
@@ -16,6 +17,7 @@ builder.AddIdleExit();
 builder.AddSystemd();
 builder.AddAccessControl();
 builder.AddRequestLimits();
+builder.AddObservability();
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
     doc.Info.Title = "virtd";
@@ -66,6 +68,7 @@ app.UseRequestRateLimit();
 app.UseIdempotencyBodies();
 app.MapOpenApi("/openapi/v1.json").AllowAnonymous(); // one document: any other name is a problem+json 404
 app.MapHostApi();
+app.MapMetricsApi();
 app.MapDomainsApi();
 app.MapJobsApi();
 app.MapPoolsApi();

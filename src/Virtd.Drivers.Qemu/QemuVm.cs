@@ -137,6 +137,32 @@ internal sealed class QemuVm : IVmInstance
         }
     }
 
+    /// <summary>
+    /// CPU time of the vCPU threads and the process's RSS from <c>/proc</c> (never waits on QEMU), then balloon and block
+    /// figures over the monitor already connected: no reconnect is started for figures, and a hung QEMU makes this wait
+    /// until <paramref name="cancellationToken"/> or the monitor timeout ends it.
+    /// </summary>
+    public async Task<VmStats> ReadStatsAsync(CancellationToken cancellationToken)
+    {
+        var (cpu, rss) = ProcFs.ReadUsage(Pid) ?? throw VirtdException.HypervisorError($"QEMU of domain '{Name}' is gone");
+        var monitor = Volatile.Read(ref _monitor);
+        if (monitor is not { CloseReason: null } || _exit.Task.IsCompleted)
+            throw VirtdException.HypervisorError($"the monitor of domain '{Name}' is not connected");
+        var memory = (long)Definition.MemoryMiB * 1024 * 1024;
+        long balloon;
+        try
+        {
+            var b = await monitor.ExecuteAsync("query-balloon", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
+            balloon = b.TryGetProperty("actual", out var actual) && actual.TryGetInt64(out var n) ? n : memory;
+        }
+        catch (VirtdException e) when (e.Code == ErrorCodes.HypervisorError && monitor.CloseReason is null)
+        {
+            balloon = memory; // "No balloon device has been activated": the guest has what it was given
+        }
+        var blocks = await monitor.ExecuteAsync("query-blockstats", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
+        return new VmStats(cpu, rss, balloon, QmpStats.Disks(blocks));
+    }
+
     // ---------------- monitor ----------------
 
     /// <summary>Runs a monitor command, connecting first if the monitor is being (re)connected.</summary>
@@ -180,7 +206,7 @@ internal sealed class QemuVm : IVmInstance
         QmpMonitor monitor;
         try
         {
-            monitor = await QmpMonitor.ConnectAsync(Paths.Monitor, Name, MonitorTimeout, _driver.Time, _log, cts.Token).ConfigureAwait(false);
+            monitor = await QmpMonitor.ConnectAsync(Paths.Monitor, Name, MonitorTimeout, _driver.Time, _log, cts.Token, _driver.Metrics).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (_processGone.IsCancellationRequested)
         {

@@ -1,6 +1,7 @@
 using Virtd.Api.Access;
 using Virtd.Core.Configuration;
 using Virtd.Core.Events;
+using Virtd.Core.Observability;
 using Virtd.Drivers.Qemu;
 
 namespace Virtd.Api.Hosting;
@@ -10,7 +11,7 @@ public sealed class ConfigurationException(string message) : Exception(message);
 
 /// <summary>All options, bound and checked together.</summary>
 public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu,
-    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits)
+    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits, MetricsOptions Metrics)
 {
     /// <summary>
     /// The whole of shutdown phase 2: <c>ShutdownTimeout</c>, plus <c>Guests:OverallTimeout</c> when guests are shut down with the daemon.
@@ -45,13 +46,16 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
             var limits = new LimitsOptions();
             configuration.GetSection("Limits").Bind(limits);
             errors.AddRange(limits.Validate());
+            var metrics = new MetricsOptions();
+            configuration.GetSection("Metrics").Bind(metrics);
+            errors.AddRange(OptionsValidation.Validate(metrics));
             var listen = new ListenerOptions();
             configuration.GetSection("Listen").Bind(listen);
             if (!security.AllowPlainHttpOnNetwork && ListenAddresses.PlainHttpOnNetwork(configuration) is var (key, url))
                 errors.Add($"{key}: {url} is plain HTTP on a network address, so tokens and session cookies would cross the network in clear text; " +
                            "use https:// (README: TLS), a loopback address or the Unix sockets, or set Security:AllowPlainHttpOnNetwork=true");
             if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
-            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests, security, listen, limits);
+            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests, security, listen, limits, metrics);
         }
         catch (InvalidOperationException e)
         {

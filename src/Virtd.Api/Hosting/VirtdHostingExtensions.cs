@@ -4,6 +4,7 @@ using Virtd.Core.Domains;
 using Virtd.Core.Drivers;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
+using Virtd.Core.Observability;
 using Virtd.Core.Persistence;
 using Virtd.Drivers.Qemu;
 using Virtd.Drivers.Simulated;
@@ -32,8 +33,11 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
         s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Limits);
+        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Metrics);
         s.AddSingleton<GuestsOnStop>();
 
+        s.AddMetrics();
+        s.AddSingleton(sp => new VirtdMetrics(sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>()));
         s.AddSingleton<EventBus>();
         s.AddSingleton<DomainRegistry>();
         s.AddSingleton<JobStore>();
@@ -41,7 +45,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => new JobJournal(Path.Combine(sp.GetRequiredService<VirtdOptions>().StateDirectory, "jobs"), sp.GetRequiredService<ILogger<JobJournal>>()));
         s.AddSingleton(sp => new JobScheduler(sp.GetRequiredService<JobsOptions>(), sp.GetRequiredService<EventBus>(), sp.GetRequiredService<JobStore>(),
             sp.GetRequiredService<DomainLifecycle>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<JobScheduler>>(),
-            sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null));
+            sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null, sp.GetRequiredService<VirtdMetrics>()));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
         s.AddSingleton<Virtd.Core.Storage.VolumeService>();
         s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));

@@ -19,6 +19,15 @@ public static class OptionsValidation
         return errors;
     }
 
+    public static List<string> Validate(Observability.MetricsOptions m)
+    {
+        var errors = new List<string>();
+        void Check(bool ok, string key, string message) { if (!ok) errors.Add($"{key}: {message}"); }
+        Check(m.StatsInterval >= TimeSpan.FromMilliseconds(10) && m.StatsInterval <= TimeSpan.FromHours(1), "Metrics:StatsInterval", "must be between 00:00:00.010 and 01:00:00");
+        Check(m.StatsTimeout >= TimeSpan.FromMilliseconds(10) && m.StatsTimeout <= TimeSpan.FromMinutes(5), "Metrics:StatsTimeout", "must be between 00:00:00.010 and 00:05:00");
+        return errors;
+    }
+
     public static List<string> Validate(VirtdOptions o, StorageOptions s, JobsOptions j, SimulatedOptions sim, EventsOptions ev)
     {
         var errors = new List<string>();
