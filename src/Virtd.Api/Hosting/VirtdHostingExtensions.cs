@@ -1,3 +1,4 @@
+using FluentValidation;
 using Virtd.Core;
 using Virtd.Core.Configuration;
 using Virtd.Core.Domains;
@@ -25,15 +26,7 @@ public static class VirtdHostingExtensions
 
         var s = builder.Services;
         s.AddSingleton(TimeProvider.System);
-        s.AddSingleton(sp => VirtdConfiguration.Bind(sp.GetRequiredService<IConfiguration>()));
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Virtd);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Storage);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Jobs);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Limits);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Metrics);
+        VirtdConfiguration.AddOptions(s);
         s.AddSingleton<GuestsOnStop>();
 
         s.AddMetrics();
@@ -48,7 +41,8 @@ public static class VirtdHostingExtensions
             sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null, sp.GetRequiredService<VirtdMetrics>()));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
         s.AddSingleton<Virtd.Core.Storage.VolumeService>();
-        s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
+        // FluentValidation's own registration: IValidator<DomainDefinition> and the validator type, one per daemon.
+        s.AddValidatorsFromAssemblyContaining<DomainDefinitionValidator>(ServiceLifetime.Singleton);
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
         s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
         s.AddSingleton<ResourceLimits>();
@@ -72,7 +66,6 @@ public static class VirtdHostingExtensions
 
     public static IHostApplicationBuilder AddQemuDriver(this IHostApplicationBuilder builder)
     {
-        builder.Services.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
         builder.Services.AddSingleton<QemuImages>();
         builder.Services.AddSingleton<IImageChecker>(sp => sp.GetRequiredService<QemuImages>());
         builder.Services.AddSingleton<IVolumeTool>(sp => sp.GetRequiredService<QemuImages>());
