@@ -15,7 +15,7 @@ public sealed class DomainStatsCollectorTests
     [Fact]
     public async Task AHungVm_KeepsItsLastFiguresMarkedStale_AndIsFreshAgainOnceItAnswers()
     {
-        var time = new ManualTimeProvider();
+        var time = new FakeClock();
         var registry = new DomainRegistry();
         var bus = new EventBus(new EventsOptions(), time);
         var definition = new DomainDefinition { Name = "vm", Uuid = Guid.NewGuid(), MemoryMiB = 64 };
