@@ -283,6 +283,8 @@ internal sealed class QemuVm : IVmInstance
     private async Task EventLoopAsync(QmpMonitor monitor)
     {
         await Task.Yield();
+        // Started by whichever job connected the monitor: what the loop does later is no part of that job's trace.
+        System.Diagnostics.Activity.Current = null;
         try
         {
             await foreach (var e in monitor.Events.ReadAllAsync(_life.Token).ConfigureAwait(false))

@@ -44,7 +44,9 @@ public static class MetricsApi
         {
             otel.WithMetrics(m => m
                 .AddMeter(VirtdMetrics.MeterName)
-                .AddAspNetCoreInstrumentation()
+                // ASP.NET Core's request and connection meters; not its routing and memory-pool counters, which count on
+                // every request and buffer and cost reads throughput for figures nobody graphs.
+                .AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
                 .AddRuntimeInstrumentation()
                 // Prometheus keeps _count for histograms and summaries (promtool check metrics says so): three of the runtime's
                 // gauges are renamed.
