@@ -97,6 +97,19 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task Scrape_WithABodyOverTheLimit_Is413_NotAResetConnection()
+    {
+        await using var app = new VirtdApplication(kestrel: true);
+        using var http = new HttpClient { BaseAddress = app.StartKestrel() };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", app.AdminToken);
+        using var big = new HttpRequestMessage(HttpMethod.Get, "/metrics") { Content = new StreamContent(new MemoryStream(new byte[2 * 1024 * 1024])) };
+        big.Headers.TransferEncodingChunked = true;
+        await (await http.SendAsync(big)).AssertProblemAsync(HttpStatusCode.RequestEntityTooLarge, "payload-too-large");
+        using var small = new HttpRequestMessage(HttpMethod.Get, "/metrics") { Content = new ByteArrayContent(new byte[100]) };
+        Assert.Equal(HttpStatusCode.OK, (await http.SendAsync(small)).StatusCode);
+    }
+
+    [Fact]
     public async Task Scrape_WhenMetricsAreOff_Is404()
     {
         await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Metrics:Enabled"] = "false" });
