@@ -41,6 +41,7 @@ internal sealed class QemuVm : IVmInstance
     private int _expectStop;
     private TaskCompletionSource? _reboot;
     private long _lastReset = long.MinValue / 2;
+    private volatile bool _noBalloon;
 
     /// <summary>A guest reset this soon after another reset is the firmware's own, not a second reboot.</summary>
     private static readonly TimeSpan FirmwareResetWindow = TimeSpan.FromSeconds(1);
@@ -149,15 +150,20 @@ internal sealed class QemuVm : IVmInstance
         if (monitor is not { CloseReason: null } || _exit.Task.IsCompleted)
             throw VirtdException.HypervisorError($"the monitor of domain '{Name}' is not connected");
         var memory = (long)Definition.MemoryMiB * 1024 * 1024;
-        long balloon;
-        try
+        var balloon = memory;
+        if (!_noBalloon)
         {
-            var b = await monitor.ExecuteAsync("query-balloon", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
-            balloon = b.TryGetProperty("actual", out var actual) && actual.TryGetInt64(out var n) ? n : memory;
-        }
-        catch (VirtdException e) when (e.Code == ErrorCodes.HypervisorError && monitor.CloseReason is null)
-        {
-            balloon = memory; // "No balloon device has been activated": the guest has what it was given
+            try
+            {
+                var b = await monitor.ExecuteAsync("query-balloon", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
+                if (b.TryGetProperty("actual", out var actual) && actual.TryGetInt64(out var n)) balloon = n;
+            }
+            catch (VirtdException e) when (e.Code == ErrorCodes.HypervisorError && monitor.CloseReason is null)
+            {
+                // "No balloon device has been activated": the guest has what it was given, and a VM's devices do not
+                // change while it runs, so it is not asked again.
+                _noBalloon = true;
+            }
         }
         var blocks = await monitor.ExecuteAsync("query-blockstats", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
         return new VmStats(cpu, rss, balloon, QmpStats.Disks(blocks));
