@@ -65,6 +65,8 @@ namespace Virtd.Soak
         public const string DomainPutOp = "PUT /api/v1/domains/{id}";
         public const string UndefineOp = "DELETE /api/v1/domains/{id}";
         public const string GateOp = "GET /api/v1/domains/{id}/gate";
+        public const string StatsOp = "GET /api/v1/domains/{id}/stats";
+        public const string MetricsOp = "GET /metrics";
         public const string JobsOp = "GET /api/v1/jobs";
         public const string JobOp = "GET /api/v1/jobs/{jobId}";
         public const string JobCancelOp = "DELETE /api/v1/jobs/{jobId}";
