@@ -110,6 +110,17 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task Scrape_WithoutAspNetCoresMeters_KeepsVirtdsOwnFigures()
+    {
+        await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Metrics:AspNetCore"] = "false" });
+        using var http = app.CreateClient();
+        await http.DefineRunningAsync("lean");
+        var samples = await ScrapeAsync(http);
+        Assert.Equal(1, samples.Value("virtd_jobs_finished_total", ("kind", "start"), ("outcome", "succeeded")));
+        Assert.DoesNotContain(samples, s => s.Name.StartsWith("http_server_", StringComparison.Ordinal) || s.Name.StartsWith("kestrel_", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Scrape_WhenMetricsAreOff_Is404()
     {
         await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Metrics:Enabled"] = "false" });

@@ -42,18 +42,21 @@ public static class MetricsApi
         var otel = s.AddOpenTelemetry().ConfigureResource(r => r.AddService("virtd", serviceVersion: typeof(MetricsApi).Assembly.GetName().Version?.ToString()));
         if (metrics)
         {
-            otel.WithMetrics(m => m
-                .AddMeter(VirtdMetrics.MeterName)
-                // ASP.NET Core's request and connection meters; not its routing and memory-pool counters, which count on
-                // every request and buffer and cost reads throughput for figures nobody graphs.
-                .AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
-                .AddRuntimeInstrumentation()
-                // Prometheus keeps _count for histograms and summaries (promtool check metrics says so): three of the runtime's
-                // gauges are renamed.
-                .AddView("dotnet.assembly.count", "dotnet.assemblies")
-                .AddView("dotnet.process.cpu.count", "dotnet.process.cpus")
-                .AddView("dotnet.timer.count", "dotnet.timers")
-                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
+            var aspNetCore = !bool.TryParse(builder.Configuration["Metrics:AspNetCore"], out var withAspNetCore) || withAspNetCore;
+            otel.WithMetrics(m =>
+            {
+                m.AddMeter(VirtdMetrics.MeterName);
+                // ASP.NET Core's request and connection meters (recorded on every request: Metrics:AspNetCore=false leaves
+                // them out); never its routing and memory-pool counters, which count on every request and every buffer.
+                if (aspNetCore) m.AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel");
+                m.AddRuntimeInstrumentation()
+                    // Prometheus keeps _count for histograms and summaries (promtool check metrics says so): three of the
+                    // runtime's gauges are renamed.
+                    .AddView("dotnet.assembly.count", "dotnet.assemblies")
+                    .AddView("dotnet.process.cpu.count", "dotnet.process.cpus")
+                    .AddView("dotnet.timer.count", "dotnet.timers")
+                    .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0);
+            });
             s.AddSingleton<PrometheusScrape>();
         }
         if (tracing)
