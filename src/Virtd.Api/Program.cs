@@ -8,6 +8,7 @@ using Virtd.Api.Events;
 using Virtd.Api.Host;
 using Virtd.Api.Hosting;
 using Virtd.Api.Jobs;
+using Virtd.Api.Metrics;
 
 StopSignals.Honour();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
@@ -18,6 +19,7 @@ builder.AddIdleExit();
 builder.AddSystemd();
 builder.AddAccessControl();
 builder.AddRequestLimits();
+builder.AddObservability();
 builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
 {
     doc.Info.Title = "virtd";
@@ -70,6 +72,7 @@ app.UseRequestRateLimit();
 app.UseIdempotencyBodies();
 app.MapOpenApi("/openapi/v1.json").AllowAnonymous(); // one document: any other name is a problem+json 404
 app.MapHostApi();
+app.MapMetricsApi();
 app.MapDomainsApi();
 app.MapConsolesApi();
 app.MapJobsApi();

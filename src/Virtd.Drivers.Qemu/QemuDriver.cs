@@ -32,8 +32,10 @@ public sealed class QemuDriver : IHypervisorDriver
     private string? _confinementProblem;
     private VmCgroups? _cgroups;
 
-    public QemuDriver(QemuOptions options, VirtdOptions virtd, QemuImages images, StoragePaths pools, TimeProvider time, ILogger<QemuDriver> log)
+    public QemuDriver(QemuOptions options, VirtdOptions virtd, QemuImages images, StoragePaths pools, TimeProvider time, ILogger<QemuDriver> log,
+        Core.Observability.VirtdMetrics? metrics = null)
     {
+        Metrics = metrics ?? Core.Observability.VirtdMetrics.None;
         Options = options;
         _images = images;
         _pools = pools;
@@ -47,6 +49,7 @@ public sealed class QemuDriver : IHypervisorDriver
 
     internal QemuOptions Options { get; }
     internal TimeProvider Time { get; }
+    internal Core.Observability.VirtdMetrics Metrics { get; }
 
     public string LogDirectory => Path.Combine(_virtd.StateDirectory, "log");
 

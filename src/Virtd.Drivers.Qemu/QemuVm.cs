@@ -43,6 +43,7 @@ internal sealed class QemuVm : IVmInstance
     private int _expectStop;
     private TaskCompletionSource? _reboot;
     private long _lastReset = long.MinValue / 2;
+    private volatile bool _noBalloon;
 
     /// <summary>A guest reset this soon after another reset is the firmware's own, not a second reboot.</summary>
     private static readonly TimeSpan FirmwareResetWindow = TimeSpan.FromSeconds(1);
@@ -196,6 +197,37 @@ internal sealed class QemuVm : IVmInstance
         }
     }
 
+    /// <summary>
+    /// CPU time of the vCPU threads and the process's RSS from <c>/proc</c> (never waits on QEMU), then balloon and block
+    /// figures over the monitor already connected: no reconnect is started for figures, and a hung QEMU makes this wait
+    /// until <paramref name="cancellationToken"/> or the monitor timeout ends it.
+    /// </summary>
+    public async Task<VmStats> ReadStatsAsync(CancellationToken cancellationToken)
+    {
+        var (cpu, rss) = ProcFs.ReadUsage(Pid) ?? throw VirtdException.HypervisorError($"QEMU of domain '{Name}' is gone");
+        var monitor = Volatile.Read(ref _monitor);
+        if (monitor is not { CloseReason: null } || _exit.Task.IsCompleted)
+            throw VirtdException.HypervisorError($"the monitor of domain '{Name}' is not connected");
+        var memory = (long)Definition.MemoryMiB * 1024 * 1024;
+        var balloon = memory;
+        if (!_noBalloon)
+        {
+            try
+            {
+                var b = await monitor.ExecuteAsync("query-balloon", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
+                if (b.TryGetProperty("actual", out var actual) && actual.TryGetInt64(out var n)) balloon = n;
+            }
+            catch (VirtdException e) when (e.Code == ErrorCodes.HypervisorError && monitor.CloseReason is null)
+            {
+                // "No balloon device has been activated": the guest has what it was given, and a VM's devices do not
+                // change while it runs, so it is not asked again.
+                _noBalloon = true;
+            }
+        }
+        var blocks = await monitor.ExecuteAsync("query-blockstats", null, MonitorTimeout, cancellationToken).ConfigureAwait(false);
+        return new VmStats(cpu, rss, balloon, QmpStats.Disks(blocks));
+    }
+
     // ---------------- monitor ----------------
 
     /// <summary>Runs a monitor command, connecting first if the monitor is being (re)connected.</summary>
@@ -239,7 +271,7 @@ internal sealed class QemuVm : IVmInstance
         QmpMonitor monitor;
         try
         {
-            monitor = await QmpMonitor.ConnectAsync(Paths.Monitor, Name, MonitorTimeout, _driver.Time, _log, cts.Token).ConfigureAwait(false);
+            monitor = await QmpMonitor.ConnectAsync(Paths.Monitor, Name, MonitorTimeout, _driver.Time, _log, cts.Token, _driver.Metrics).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (_processGone.IsCancellationRequested)
         {
@@ -317,6 +349,8 @@ internal sealed class QemuVm : IVmInstance
     private async Task EventLoopAsync(QmpMonitor monitor)
     {
         await Task.Yield();
+        // Started by whichever job connected the monitor: what the loop does later is no part of that job's trace.
+        System.Diagnostics.Activity.Current = null;
         try
         {
             await foreach (var e in monitor.Events.ReadAllAsync(_life.Token).ConfigureAwait(false))

@@ -97,8 +97,10 @@ internal sealed class SimulatedVm : IVmInstance
             return ValueTask.CompletedTask;
         });
         _console.Publish(System.Text.Encoding.UTF8.GetBytes($"simulated guest {name}: ready\r\n"));
+        _launchedAt = driver.Time.GetTimestamp();
     }
 
+    private readonly long _launchedAt;
     private readonly Virtd.Core.Consoles.ConsoleHub _console;
 
     public Virtd.Core.Consoles.IVmConsole? Console => _console;
@@ -173,6 +175,19 @@ internal sealed class SimulatedVm : IVmInstance
             _acpiTimer = _driver.Time.CreateTimer(static s => ((SimulatedVm)s!).Exit(new VmExit(VmExitKind.GuestShutdown, ExitCode: 0)),
                 this, TimeSpan.FromMilliseconds(_sim.AcpiShutdownDelayMs), Timeout.InfiniteTimeSpan);
         }
+    }
+
+
+    /// <summary>
+    /// Figures a simulated VM makes up: its vCPUs busy 1 % of the time since launch, a quarter of its memory resident,
+    /// no disk I/O. With <c>hangMonitor</c> it answers never, as a hung QEMU would not (until cancelled).
+    /// </summary>
+    public async Task<VmStats> ReadStatsAsync(CancellationToken cancellationToken)
+    {
+        await MonitorCommandAsync("query-blockstats", cancellationToken).ConfigureAwait(false);
+        var memory = (long)_definition.MemoryMiB * 1024 * 1024;
+        var disks = _definition.Disks.Select((_, i) => new DiskStats($"disk{i}", 0, 0, 0, 0, 0, 0)).ToArray();
+        return new VmStats(_driver.Time.GetElapsedTime(_launchedAt).TotalSeconds * 0.01 * _definition.Vcpus, memory / 4, memory, disks);
     }
 
     /// <summary>A monitor round trip: instant, or hung until cancelled or timed out when <c>hangMonitor</c>; fails once the VM is gone.</summary>

@@ -56,20 +56,34 @@ public sealed class ServiceProcessTests
     }
 
     [Fact]
-    public async Task NotifySocket_TheDaemonSendsReadyOnceServingAndStoppingOnSigterm()
+    public async Task NotifySocket_UnderSystemd_TheDaemonSendsReadyOnceServingAndStoppingOnSigterm()
     {
         using var manager = NotifySocket.Bind(Path.Combine(TestDirectories.Create("virtd-notify-"), "notify.sock"));
-        await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = manager.Name });
+        await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = manager.Name }, underSystemd: true);
 
-        var ready = (await manager.ReceiveAsync(TimeSpan.FromSeconds(60))).Split('\n');
-        Assert.Contains("READY=1", ready);
-        // Every way in: the TCP address and both Unix sockets.
-        Assert.Contains($"STATUS=ready on http://127.0.0.1:{daemon.Port} http://unix:{daemon.RunDirectory}/virtd.sock http://unix:{daemon.RunDirectory}/virtd-ro.sock", ready);
+        Assert.Contains("READY=1", (await manager.ReceiveAsync(TimeSpan.FromSeconds(60))).Split('\n'));
+        // Sent once the listeners are bound and the daemon is ready: /readyz answers at once, on every way in.
         using (var readyz = await daemon.Http.GetAsync("/readyz")) Assert.Equal(HttpStatusCode.OK, readyz.StatusCode);
+        using (var unix = UnixHttp.Client(Path.Combine(daemon.RunDirectory, "virtd-ro.sock")))
+        using (var readyz = await unix.GetAsync("/readyz"))
+            Assert.Equal(HttpStatusCode.OK, readyz.StatusCode);
 
         daemon.Terminate();
 
         Assert.Contains("STOPPING=1", (await manager.ReceiveAsync()).Split('\n'));
         Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
+    }
+
+    [Fact]
+    public async Task NotifySocket_WhenSystemdDidNotStartTheDaemon_NothingIsSent()
+    {
+        using var manager = NotifySocket.Bind(Path.Combine(TestDirectories.Create("virtd-notify-"), "notify.sock"));
+        await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["NOTIFY_SOCKET"] = manager.Name });
+        await daemon.WaitReadyAsync();
+
+        daemon.Terminate();
+
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(15)));
+        Assert.Null(await manager.TryReceiveAsync(TimeSpan.FromMilliseconds(200)));
     }
 }

@@ -182,7 +182,7 @@ public class QmpMonitorTests
     [Fact]
     public async Task Timeout_FailsMonitorTimeout_AndTheLateReplyIsDiscarded()
     {
-        var clock = new ManualTimeProvider();
+        var clock = new FakeClock();
         var stopReceived = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
         var timedOut = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         await using var server = FakeQmpServer.Start(FakeQmpServer.NewPath(), async c =>

@@ -12,7 +12,7 @@ namespace Virtd.Testing;
 /// <summary>
 /// The core wired as the daemon wires it (VirtdHostingExtensions): event bus, registry, job store,
 /// scheduler with its workers running, lifecycle, the simulated driver, a store on a temporary
-/// directory and the domain service. Time is a <see cref="ManualTimeProvider"/>: nothing times out
+/// directory and the domain service. Time is a <see cref="FakeClock"/>: nothing times out
 /// unless a test advances the clock.
 /// </summary>
 public sealed class CoreHarness : IAsyncDisposable
@@ -44,7 +44,7 @@ public sealed class CoreHarness : IAsyncDisposable
             DefaultDriver = DriverKind.Simulated,
         };
 
-        Time = new ManualTimeProvider();
+        Time = new FakeClock();
         Bus = new EventBus(EventsOptions, Time);
         Registry = new DomainRegistry();
         Jobs = new JobStore(JobsOptions, Time);
@@ -66,7 +66,7 @@ public sealed class CoreHarness : IAsyncDisposable
     public SimulatedOptions SimulatedOptions { get; }
     public EventsOptions EventsOptions { get; }
     public VirtdOptions Options { get; }
-    public ManualTimeProvider Time { get; }
+    public FakeClock Time { get; }
     public EventBus Bus { get; }
     public DomainRegistry Registry { get; }
     public JobStore Jobs { get; }

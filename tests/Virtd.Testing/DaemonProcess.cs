@@ -47,8 +47,13 @@ public sealed class DaemonProcess : IAsyncDisposable
     /// <param name="stateDirectory">Reuse a state directory (a restart); a new temporary one when null.</param>
     /// <param name="runDirectory">Reuse a run directory (a restart finds the VMs it left running); a new one when null.</param>
     /// <param name="url">The daemon's <c>--urls</c>, with <c>{port}</c> for a free port; <see cref="Http"/> reaches it on 127.0.0.1.</param>
+    /// <param name="underSystemd">
+    /// Start it as systemd would, for Microsoft.Extensions.Hosting.Systemd, which acts only when the parent process is named
+    /// <c>systemd</c>: the parent is a bash run through a link named <c>systemd</c> (so its comm, what the library reads,
+    /// is <c>systemd</c>); it passes SIGTERM and SIGINT on to the daemon and exits with its code.
+    /// </param>
     public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null,
-        string? stateDirectory = null, string? runDirectory = null, string url = "http://127.0.0.1:{port}")
+        string? stateDirectory = null, string? runDirectory = null, string url = "http://127.0.0.1:{port}", bool underSystemd = false)
     {
         var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
         if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
@@ -67,6 +72,14 @@ public sealed class DaemonProcess : IAsyncDisposable
         var first = urls.Split(';')[0];
         foreach (var any in new[] { "0.0.0.0", "[::]", "*", "+" }) first = first.Replace("://" + any + ":", "://127.0.0.1:", StringComparison.Ordinal);
         var address = new Uri(first);
+        if (underSystemd)
+        {
+            var systemd = Path.Combine(TestDirectories.Create("virtd-systemd-"), "systemd");
+            File.CreateSymbolicLink(systemd, "/bin/bash");
+            psi.ArgumentList.Add(psi.FileName);
+            psi.FileName = systemd;
+            foreach (var a in new[] { "-c", SystemdParent, "systemd" }) psi.ArgumentList.Insert(psi.ArgumentList.Count - 1, a);
+        }
         foreach (var a in new[] { daemon, "--urls", urls, "--StateDirectory", state, "--RunDirectory", run })
             psi.ArgumentList.Add(a);
         foreach (var a in args ?? []) psi.ArgumentList.Add(a);
@@ -86,6 +99,16 @@ public sealed class DaemonProcess : IAsyncDisposable
         process.BeginErrorReadLine();
         return d;
     }
+
+    /// <summary>The parent "systemd": runs the daemon, passes SIGTERM and SIGINT on, exits with the daemon's code.</summary>
+    private const string SystemdParent = """
+        "$@" & child=$!
+        trap 'kill -TERM $child' TERM
+        trap 'kill -INT $child' INT
+        wait $child; code=$?
+        while kill -0 $child 2>/dev/null; do wait $child; code=$?; done
+        exit $code
+        """;
 
     /// <summary>Polls /readyz until 200, then gives <see cref="Http"/> the admin token; fails with the daemon's output if it exits or the deadline passes.</summary>
     public async Task WaitReadyAsync(TimeSpan? timeout = null)

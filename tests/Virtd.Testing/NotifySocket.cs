@@ -1,6 +1,5 @@
 using System.Net.Sockets;
 using System.Text;
-using Virtd.Api.Hosting;
 
 namespace Virtd.Testing;
 
@@ -12,7 +11,7 @@ public sealed class NotifySocket : IDisposable
     private NotifySocket(string name)
     {
         Name = name;
-        _socket.Bind(SystemdNotifier.EndPoint(name));
+        _socket.Bind(new UnixDomainSocketEndPoint(name.StartsWith('@') ? "\0" + name[1..] : name));
     }
 
     /// <summary>What goes in <c>NOTIFY_SOCKET</c>.</summary>
@@ -34,6 +33,22 @@ public sealed class NotifySocket : IDisposable
         {
             Assert.Fail($"no notification on {Name} within {timeout ?? VirtdHttp.Patience}");
             throw;
+        }
+    }
+
+    /// <summary>The next datagram, or null when none is there within <paramref name="timeout"/>.</summary>
+    public async Task<string?> TryReceiveAsync(TimeSpan timeout)
+    {
+        var buffer = new byte[4096];
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            var n = await _socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
+            return Encoding.UTF8.GetString(buffer, 0, n);
+        }
+        catch (OperationCanceledException)
+        {
+            return null;
         }
     }
 

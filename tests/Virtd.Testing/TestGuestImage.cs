@@ -40,15 +40,23 @@ public static class TestGuestImage
     /// QEMU runs as virtd-qemu, which must be able to read the kernel and initrd by path (QEMU does not load
     /// them through -add-fd). The repository may sit below a directory only root can enter (a CI checkout),
     /// so the tests use a copy in a directory everyone can traverse, refreshed when the build changes.
+    /// Each build has a directory of its own, named by its initrd's hash: checkouts of other branches on the same machine
+    /// may build another guest, and neither may boot the other's.
     /// </summary>
     private static (string, string) Stage(string kernel, string initrd)
     {
-        const string Shared = "/var/tmp/virtd-test-guest";
-        System.IO.Directory.CreateDirectory(Shared);
-        File.SetUnixFileMode(Shared, (UnixFileMode)0b111_101_101);
+        const string Root = "/var/tmp/virtd-test-guest";
+        string hash;
+        using (var stream = File.OpenRead(initrd)) hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(stream))[..16];
+        var shared = Path.Combine(Root, hash);
+        foreach (var dir in new[] { Root, shared })
+        {
+            System.IO.Directory.CreateDirectory(dir);
+            File.SetUnixFileMode(dir, (UnixFileMode)0b111_101_101);
+        }
         string Copy(string source)
         {
-            var target = Path.Combine(Shared, Path.GetFileName(source));
+            var target = Path.Combine(shared, Path.GetFileName(source));
             var from = new FileInfo(source);
             var to = new FileInfo(target);
             if (to.Exists && to.Length == from.Length && to.LastWriteTimeUtc == from.LastWriteTimeUtc) return target;

@@ -16,10 +16,14 @@ namespace Virtd.Testing;
 public sealed class VirtdApplication : WebApplicationFactory<Program>
 {
     private readonly Dictionary<string, string?> _settings;
+    private readonly Action<IServiceCollection>? _services;
 
     /// <param name="kestrel">Serve on real Kestrel on a loopback port (see <see cref="StartKestrel"/>) instead of the in-memory test server.</param>
-    public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null, bool kestrel = false)
+    /// <param name="services">Changes to the daemon's services (an in-memory trace exporter, say), made after the daemon's own.</param>
+    public VirtdApplication(string? stateDirectory = null, IDictionary<string, string?>? settings = null, bool kestrel = false,
+        Action<IServiceCollection>? services = null)
     {
+        _services = services;
         if (kestrel) UseKestrel(k => k.Listen(System.Net.IPAddress.Loopback, 0));
         StateDirectory = stateDirectory ?? TestDirectories.Create("virtd-test-");
         RunDirectory = TestDirectories.Create("virtd-run-");
@@ -71,6 +75,9 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
     {
         builder.UseEnvironment("Production");
         builder.ConfigureAppConfiguration((_, c) => c.AddInMemoryCollection(_settings));
+        // Settings read while the daemon's services are registered (which pipelines to build) must be there already.
+        foreach (var (key, value) in _settings) builder.UseSetting(key, value);
+        if (_services is not null) builder.ConfigureServices(_services);
     }
 
     /// <summary>Creates a file inside the default storage pool and returns its path.</summary>

@@ -147,6 +147,8 @@ internal sealed class Client
             (8, ListDomainsAsync),
             (10, GetDomainAsync),
             (4, GateAsync),
+            (2, StatsAsync),
+            (1, MetricsAsync),
             (5, ListJobsAsync),
             (6, GetJobAsync),
             (3, HostAsync),
@@ -231,6 +233,13 @@ internal sealed class Client
         await _api.GetAsync(Soak.GateOp, $"/api/v1/domains/{AnyDomain()}/gate").ConfigureAwait(false);
         if (_rng.Next(4) == 0) await ConsolesAsync().ConfigureAwait(false);
     }
+
+    private Task StatsAsync() => _rng.Next(4) == 0
+        ? _api.GetAsync(Soak.DomainsOp, "/api/v1/domains?include=stats&limit=20")
+        : _api.GetAsync(Soak.StatsOp, $"/api/v1/domains/{AnyDomain()}/stats");
+
+    /// <summary>A Prometheus scrape now and then (one in ten of these turns: about one a second in all), as Prometheus's would come in among the other requests.</summary>
+    private Task MetricsAsync() => _rng.Next(10) == 0 ? _api.GetAsync(Soak.MetricsOp, "/metrics") : Task.CompletedTask;
 
     private async Task ListJobsAsync()
     {

@@ -68,6 +68,8 @@ namespace Virtd.Soak
         public const string ConsoleOp = "GET /api/v1/domains/{id}/console";
         public const string ConsoleLogOp = "GET /api/v1/domains/{id}/console/log";
         public const string VncOp = "GET /api/v1/domains/{id}/vnc";
+        public const string StatsOp = "GET /api/v1/domains/{id}/stats";
+        public const string MetricsOp = "GET /metrics";
         public const string JobsOp = "GET /api/v1/jobs";
         public const string JobOp = "GET /api/v1/jobs/{jobId}";
         public const string JobCancelOp = "DELETE /api/v1/jobs/{jobId}";

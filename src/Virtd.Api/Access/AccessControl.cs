@@ -38,7 +38,6 @@ public static class AccessControl
 
         var s = builder.Services;
         s.AddSingleton(sockets);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Security);
         s.AddSingleton(sp => new TokenStore(sp.GetRequiredService<VirtdOptions>().StateDirectory, sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<ILogger<TokenStore>>()));
         s.AddSingleton(sp => sp.GetRequiredService<SecurityOptions>().AuditLog is { } configured

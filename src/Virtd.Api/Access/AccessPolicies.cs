@@ -36,6 +36,7 @@ public static class AccessPolicies
     public static IApplicationBuilder UseRoles(this IApplicationBuilder app) => app.Use((http, next) =>
     {
         if (Needed(http.GetEndpoint()) is not { } needed) return next(http);
+        if (http.User is not CallerPrincipal && http.Features.Get<AccessDenied>() is null && Metrics.MetricsApi.MayScrapeAnonymously(http)) return next(http);
         var refusal = http.User is CallerPrincipal p
             ? p.Caller.Role < needed ? AccessErrors.Forbidden(needed, p.Caller) : BrowserSafety.CheckCookieChange(http)
             : http.Features.Get<AccessDenied>()?.Problem ?? AccessErrors.Unauthenticated(

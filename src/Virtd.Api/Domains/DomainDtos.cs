@@ -18,6 +18,9 @@ public sealed record DomainDto(
     DomainDefinition Definition,
     DomainDefinition? LiveDefinition)
 {
+    /// <summary>The VM's figures, with <c>?include=stats</c> on the list.</summary>
+    public DomainStatsDto? Stats { get; init; }
+
     public static DomainDto From(DomainObject d, DomainView v, DateTimeOffset now)
     {
         var (holder, since) = d.Gate.Holder();
@@ -41,3 +44,23 @@ public sealed record GateJobDto(Guid Id, JobKind Kind, JobState State, DateTimeO
 
 /// <summary><c>GET /domains/{id}/gate</c>: who holds the domain's job gate and what waits.</summary>
 public sealed record GateDto(string Domain, GateJobDto? Holder, IReadOnlyList<GateJobDto> Queued);
+
+/// <summary>
+/// <c>GET /domains/{id}/stats</c>: a VM's figures as last read in the background (never read on request), and when.
+/// A domain that runs no VM has none; <c>stale</c> says the last read failed or has not answered (a hung QEMU).
+/// </summary>
+public sealed record DomainStatsDto(
+    string Domain,
+    Guid Uuid,
+    DomainState State,
+    DateTimeOffset? ReadAt,
+    bool Stale,
+    double? VcpuSeconds,
+    long? RssBytes,
+    long? BalloonActualBytes,
+    IReadOnlyList<Virtd.Core.Drivers.DiskStats> Disks)
+{
+    public static DomainStatsDto From(DomainObject d, DomainView v, Virtd.Core.Observability.DomainStatsReading? r) =>
+        new(d.Name, d.Uuid, v.Runtime.State, r?.ReadAt, r?.Stale ?? false, r?.Stats?.VcpuSeconds, r?.Stats?.RssBytes, r?.Stats?.BalloonActualBytes,
+            r?.Stats?.Disks ?? []);
+}

@@ -8,6 +8,7 @@ using Virtd.Core.Configuration;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 using Virtd.Core.Jobs;
+using Virtd.Core.Observability;
 
 namespace Virtd.Api.Domains;
 
@@ -21,6 +22,7 @@ public static class DomainsApi
             .WithSummary("List domains by name, optionally by state and driver; in pages of ?limit= (default and most: Limits:ListDefault), the next from ?after=<next>")
             .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
             .Requires(Role.Reader).ProducesValidationProblem();
+        // ?include=stats adds each running VM's figures (GET /{id}/stats) to the list.
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
             .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
         g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
@@ -30,6 +32,11 @@ public static class DomainsApi
             .Requires(Role.Admin).Audited(200).Problems(400, 404, 409, 412, 413, 415, 503, 507);
         g.MapDelete("/{id}", UndefineDomainAsync).WithName("UndefineDomain").WithSummary("Undefine a domain (409 while active)")
             .Requires(Role.Admin).Audited(204).Problems(404, 409, 412, 503);
+        g.MapGet("/{id}/stats", GetStats).WithName("GetDomainStats")
+            .WithSummary("A running domain's figures as last read in the background: vCPU time, QEMU's RSS, balloon, block I/O per disk, and when they were read")
+            .WithDescription("Never waits on the VM: a VM that did not answer its last read keeps its last figures with `stale: true`. " +
+                             "A domain that runs no VM has no figures.")
+            .Requires(Role.Reader).Problems(404);
         g.MapGet("/{id}/gate", GetGate).WithName("GetDomainGate").WithSummary("Who holds the domain's job gate, since when, and what is queued")
             .Requires(Role.Reader).Problems(404);
 
@@ -59,9 +66,15 @@ public static class DomainsApi
         return b;
     }
 
-    public static Ok<DomainListDto> ListDomains(string? state, string? driver, int? limit, string? after, HttpContext http,
-        DomainService svc, LimitsOptions limits, TimeProvider time)
+    public static Ok<DomainListDto> ListDomains(string? state, string? driver, int? limit, string? after, string? include, HttpContext http,
+        DomainService svc, LimitsOptions limits, TimeProvider time, DomainStatsCollector collector)
     {
+        var withStats = include switch
+        {
+            null or "" => false,
+            "stats" => true,
+            _ => throw VirtdException.Validation("include", $"unknown value '{include}'; expected: stats"),
+        };
         var stateFilter = EnumText.ParseQuery<DomainState>("state", state);
         var driverFilter = EnumText.ParseQuery<DriverKind>("driver", driver);
         var take = Paging.Limit(limit, limits);
@@ -95,9 +108,15 @@ public static class DomainsApi
                 Paging.Link(http, next);
                 break;
             }
-            items.Add(DomainDto.From(d, v, now));
+            items.Add(withStats ? DomainDto.From(d, v, now) with { Stats = DomainStatsDto.From(d, v, collector.Find(d.Uuid)) } : DomainDto.From(d, v, now));
         }
         return TypedResults.Ok(new DomainListDto(items.Count, items, next));
+    }
+
+    public static Ok<DomainStatsDto> GetStats(string id, DomainService svc, DomainStatsCollector collector)
+    {
+        var d = svc.Get(id);
+        return TypedResults.Ok(DomainStatsDto.From(d, d.View, collector.Find(d.Uuid)));
     }
 
     public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)

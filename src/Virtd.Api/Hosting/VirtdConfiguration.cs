@@ -1,6 +1,8 @@
+using Microsoft.Extensions.Options;
 using Virtd.Api.Access;
 using Virtd.Core.Configuration;
 using Virtd.Core.Events;
+using Virtd.Core.Observability;
 using Virtd.Drivers.Qemu;
 
 namespace Virtd.Api.Hosting;
@@ -8,51 +10,67 @@ namespace Virtd.Api.Hosting;
 /// <summary>A configuration value that cannot be used; the daemon exits with code 2 and this message.</summary>
 public sealed class ConfigurationException(string message) : Exception(message);
 
-/// <summary>All options, bound and checked together.</summary>
+/// <summary>All options, each bound through <see cref="IOptions{T}"/> from its section and checked at start.</summary>
 public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu,
-    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits)
+    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits, MetricsOptions Metrics)
 {
     /// <summary>
     /// The whole of shutdown phase 2: <c>ShutdownTimeout</c>, plus <c>Guests:OverallTimeout</c> when guests are shut down with the daemon.
     /// </summary>
     public TimeSpan StopBound => Virtd.ShutdownTimeout + (Guests.OnDaemonStop == GuestStopPolicy.Shutdown ? Guests.OverallTimeout : TimeSpan.Zero);
 
-    /// <summary>Binds every section; a value of the wrong type or out of range throws <see cref="ConfigurationException"/> naming the key.</summary>
-    public static VirtdConfiguration Bind(IConfiguration configuration)
+    /// <summary>
+    /// Registers every options class: bound from its section (a value of the wrong type throws <see cref="ConfigurationException"/>
+    /// naming the key), checked by an <see cref="IValidateOptions{TOptions}"/> whose messages name the key, with
+    /// <c>ValidateOnStart</c>; each options object is also a singleton of its own type, as components take it.
+    /// </summary>
+    public static void AddOptions(IServiceCollection s)
     {
-        try
+        Add<VirtdOptions>(s, null, OptionsValidation.Validate);
+        Add<StorageOptions>(s, "Storage", OptionsValidation.Validate);
+        s.AddOptions<StorageOptions>().PostConfigure<IOptions<VirtdOptions>>((storage, virtd) =>
         {
-            var virtd = configuration.Get<VirtdOptions>() ?? new VirtdOptions();
-            var storage = new StorageOptions();
-            configuration.GetSection("Storage").Bind(storage);
-            storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.StateDirectory, "images"));
-            var jobs = new JobsOptions();
-            configuration.GetSection("Jobs").Bind(jobs);
-            var sim = new SimulatedOptions();
-            configuration.GetSection("Simulated").Bind(sim);
-            var events = new EventsOptions();
-            configuration.GetSection("Events").Bind(events);
-            var qemu = new QemuOptions();
-            configuration.GetSection("Qemu").Bind(qemu);
-            var errors = OptionsValidation.Validate(virtd, storage, jobs, sim, events);
-            errors.AddRange(qemu.Validate());
-            var guests = new GuestsOptions();
-            configuration.GetSection("Guests").Bind(guests);
-            errors.AddRange(OptionsValidation.Validate(guests));
-            var security = new SecurityOptions();
-            configuration.GetSection("Security").Bind(security);
-            errors.AddRange(security.Validate());
-            var limits = new LimitsOptions();
-            configuration.GetSection("Limits").Bind(limits);
-            errors.AddRange(limits.Validate());
-            var listen = new ListenerOptions();
-            configuration.GetSection("Listen").Bind(listen);
-            if (!security.AllowPlainHttpOnNetwork && ListenAddresses.PlainHttpOnNetwork(configuration) is var (key, url))
-                errors.Add($"{key}: {url} is plain HTTP on a network address, so tokens and session cookies would cross the network in clear text; " +
-                           "use https:// (README: TLS), a loopback address or the Unix sockets, or set Security:AllowPlainHttpOnNetwork=true");
-            if (errors.Count > 0) throw new ConfigurationException("invalid configuration: " + string.Join("; ", errors));
-            return new VirtdConfiguration(virtd, storage, jobs, sim, events, qemu, guests, security, listen, limits);
-        }
+            storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.Value.StateDirectory, "images"));
+        });
+        Add<JobsOptions>(s, "Jobs", OptionsValidation.Validate);
+        Add<SimulatedOptions>(s, "Simulated", OptionsValidation.Validate);
+        Add<EventsOptions>(s, "Events", OptionsValidation.Validate);
+        Add<QemuOptions>(s, "Qemu", q => q.Validate());
+        Add<GuestsOptions>(s, "Guests", OptionsValidation.Validate);
+        Add<SecurityOptions>(s, "Security", security => security.Validate());
+        // Plain HTTP on a network address is a fault of the listen addresses that only the security options can excuse.
+        s.AddSingleton<IValidateOptions<SecurityOptions>>(sp => new Checks<SecurityOptions>(security =>
+            !security.AllowPlainHttpOnNetwork && ListenAddresses.PlainHttpOnNetwork(sp.GetRequiredService<IConfiguration>()) is var (key, url)
+                ? [$"{key}: {url} is plain HTTP on a network address, so tokens and session cookies would cross the network in clear text; " +
+                   "use https:// (README: TLS), a loopback address or the Unix sockets, or set Security:AllowPlainHttpOnNetwork=true"]
+                : []));
+        Add<ListenerOptions>(s, "Listen", _ => []);
+        Add<LimitsOptions>(s, "Limits", limits => limits.Validate());
+        Add<MetricsOptions>(s, "Metrics", OptionsValidation.Validate);
+
+        s.AddSingleton(sp => new VirtdConfiguration(Value<VirtdOptions>(sp), Value<StorageOptions>(sp), Value<JobsOptions>(sp), Value<SimulatedOptions>(sp),
+            Value<EventsOptions>(sp), Value<QemuOptions>(sp), Value<GuestsOptions>(sp), Value<SecurityOptions>(sp), Value<ListenerOptions>(sp),
+            Value<LimitsOptions>(sp), Value<MetricsOptions>(sp)));
+    }
+
+    /// <summary>The options' value; one that fails its checks is a <see cref="ConfigurationException"/>, as everywhere in the daemon.</summary>
+    private static T Value<T>(IServiceProvider sp) where T : class
+    {
+        try { return sp.GetRequiredService<IOptions<T>>().Value; }
+        catch (OptionsValidationException e) { throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures)); }
+    }
+
+    private static void Add<T>(IServiceCollection s, string? section, Func<T, IEnumerable<string>> check) where T : class
+    {
+        s.AddOptions<T>().Configure<IConfiguration>((o, configuration) => Bind(section is null ? configuration : configuration.GetSection(section), o))
+            .ValidateOnStart();
+        s.AddSingleton<IValidateOptions<T>>(new Checks<T>(check));
+        s.AddSingleton(Value<T>);
+    }
+
+    private static void Bind(IConfiguration configuration, object options)
+    {
+        try { configuration.Bind(options); }
         catch (InvalidOperationException e)
         {
             // The binder's message names the key: "Failed to convert configuration value at 'Jobs:Workers' to type 'System.Int32'."
@@ -60,6 +78,32 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
         }
     }
 
-    /// <summary>Resolving the options is what checks them; done first thing at start.</summary>
-    public static VirtdConfiguration Resolve(IServiceProvider services) => services.GetRequiredService<VirtdConfiguration>();
+    /// <summary>One options class's checks, as messages that each start with the key.</summary>
+    private sealed class Checks<T>(Func<T, IEnumerable<string>> check) : IValidateOptions<T> where T : class
+    {
+        public ValidateOptionsResult Validate(string? name, T options) =>
+            check(options).ToList() is { Count: > 0 } errors ? ValidateOptionsResult.Fail(errors) : ValidateOptionsResult.Success;
+    }
+
+    /// <summary>
+    /// Runs the start-up checks (what <c>ValidateOnStart</c> runs when the host starts) before the host starts, so that a bad
+    /// value gives one line naming every key at fault, then returns the options.
+    /// </summary>
+    public static VirtdConfiguration Resolve(IServiceProvider services)
+    {
+        try
+        {
+            services.GetRequiredService<IStartupValidator>().Validate();
+        }
+        catch (OptionsValidationException e)
+        {
+            throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures));
+        }
+        catch (AggregateException e) when (e.InnerExceptions.All(x => x is OptionsValidationException))
+        {
+            throw new ConfigurationException("invalid configuration: " +
+                string.Join("; ", e.InnerExceptions.SelectMany(x => ((OptionsValidationException)x).Failures)));
+        }
+        return services.GetRequiredService<VirtdConfiguration>();
+    }
 }

@@ -1,9 +1,11 @@
+using FluentValidation;
 using Virtd.Core;
 using Virtd.Core.Configuration;
 using Virtd.Core.Domains;
 using Virtd.Core.Drivers;
 using Virtd.Core.Events;
 using Virtd.Core.Jobs;
+using Virtd.Core.Observability;
 using Virtd.Core.Persistence;
 using Virtd.Drivers.Qemu;
 using Virtd.Drivers.Simulated;
@@ -24,16 +26,11 @@ public static class VirtdHostingExtensions
 
         var s = builder.Services;
         s.AddSingleton(TimeProvider.System);
-        s.AddSingleton(sp => VirtdConfiguration.Bind(sp.GetRequiredService<IConfiguration>()));
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Virtd);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Storage);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Jobs);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Simulated);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Events);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Guests);
-        s.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Limits);
+        VirtdConfiguration.AddOptions(s);
         s.AddSingleton<GuestsOnStop>();
 
+        s.AddMetrics();
+        s.AddSingleton(sp => new VirtdMetrics(sp.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>()));
         s.AddSingleton<EventBus>();
         s.AddSingleton<DomainRegistry>();
         s.AddSingleton<JobStore>();
@@ -41,10 +38,11 @@ public static class VirtdHostingExtensions
         s.AddSingleton(sp => new JobJournal(Path.Combine(sp.GetRequiredService<VirtdOptions>().StateDirectory, "jobs"), sp.GetRequiredService<ILogger<JobJournal>>()));
         s.AddSingleton(sp => new JobScheduler(sp.GetRequiredService<JobsOptions>(), sp.GetRequiredService<EventBus>(), sp.GetRequiredService<JobStore>(),
             sp.GetRequiredService<DomainLifecycle>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<JobScheduler>>(),
-            sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null));
+            sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null, sp.GetRequiredService<VirtdMetrics>()));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
         s.AddSingleton<Virtd.Core.Storage.VolumeService>();
-        s.AddSingleton(sp => new DomainDefinitionValidator(sp.GetRequiredService<StoragePaths>(), Environment.ProcessorCount));
+        // FluentValidation's own registration: IValidator<DomainDefinition> and the validator type, one per daemon.
+        s.AddValidatorsFromAssemblyContaining<DomainDefinitionValidator>(ServiceLifetime.Singleton);
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
         s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
         s.AddSingleton<ResourceLimits>();
@@ -68,7 +66,6 @@ public static class VirtdHostingExtensions
 
     public static IHostApplicationBuilder AddQemuDriver(this IHostApplicationBuilder builder)
     {
-        builder.Services.AddSingleton(sp => sp.GetRequiredService<VirtdConfiguration>().Qemu);
         builder.Services.AddSingleton<QemuImages>();
         builder.Services.AddSingleton<IImageChecker>(sp => sp.GetRequiredService<QemuImages>());
         builder.Services.AddSingleton<IVolumeTool>(sp => sp.GetRequiredService<QemuImages>());

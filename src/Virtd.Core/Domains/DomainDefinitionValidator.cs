@@ -27,6 +27,9 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
 
     /// <param name="paths">The storage pools files must lie in; null checks a definition's shape only (at load: a pool
     /// that changed since must not make a stored domain disappear; its start checks the paths again).</param>
+    /// <summary>The daemon's validator (what dependency injection builds): paths checked against the storage pools, vCPUs against this host.</summary>
+    public DomainDefinitionValidator(StoragePaths paths) : this(paths, Environment.ProcessorCount) { }
+
     public DomainDefinitionValidator(StoragePaths? paths, int hostCpus)
     {
         HostCpus = hostCpus;

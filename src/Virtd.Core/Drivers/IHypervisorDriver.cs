@@ -54,7 +54,24 @@ public interface IVmInstance
     /// </summary>
     Task<Stream> OpenVncAsync(CancellationToken cancellationToken) =>
         throw new Errors.VirtdException(Errors.ErrorCodes.VncUnavailable, 409, "VNC unavailable", "this domain's VM has no graphical console");
+
+    /// <summary>
+    /// Reads the VM's figures (CPU time, memory, block I/O) without its job gate; a hung VM makes this wait until
+    /// <paramref name="cancellationToken"/> ends it, so callers bound it. Drivers without figures throw <see cref="NotSupportedException"/>.
+    /// </summary>
+    Task<VmStats> ReadStatsAsync(CancellationToken cancellationToken) => Task.FromException<VmStats>(new NotSupportedException());
 }
+
+/// <summary>One VM's figures at one moment (libvirt's <c>virsh domstats</c>: cpu, balloon, block).</summary>
+/// <param name="VcpuSeconds">CPU time its virtual CPUs have used, in seconds (QEMU: its vCPU threads, from /proc).</param>
+/// <param name="RssBytes">Resident memory of the hypervisor process.</param>
+/// <param name="BalloonActualBytes">Memory the guest has now (the balloon's actual; without a balloon, the defined memory).</param>
+/// <param name="Disks">Block I/O per disk, as the hypervisor counts it.</param>
+public sealed record VmStats(double VcpuSeconds, long RssBytes, long BalloonActualBytes, IReadOnlyList<DiskStats> Disks);
+
+/// <summary>Block I/O of one disk since the VM started (QEMU's <c>query-blockstats</c>).</summary>
+public sealed record DiskStats(string Disk, long ReadBytes, long WriteBytes, long ReadOperations, long WriteOperations,
+    double ReadSeconds, double WriteSeconds);
 
 /// <summary>
 /// Receives what happens to a VM on its own (exit, a pause the guest or QEMU caused, a guest reboot).

@@ -113,8 +113,11 @@ public sealed class EventBus
     private long _lastId;
     private Subscription[] _subscribers = [];
 
-    public EventBus(EventsOptions options, TimeProvider time)
+    private readonly Observability.VirtdMetrics _metrics;
+
+    public EventBus(EventsOptions options, TimeProvider time, Observability.VirtdMetrics? metrics = null)
     {
+        _metrics = metrics ?? Observability.VirtdMetrics.None;
         _ring = new VirtdEvent?[Math.Max(1, options.ReplayBuffer)];
         _subscriberQueue = Math.Max(1, options.SubscriberQueue);
         _time = time;
@@ -163,7 +166,11 @@ public sealed class EventBus
                 if (s.Filter.Matches(e) && !s.Offer(e)) (cut ??= []).Add(s);
             }
             // A subscriber that overflowed gets nothing more: it costs the publisher nothing from now on.
-            if (cut is not null) _subscribers = _subscribers.Except(cut).ToArray();
+            if (cut is not null)
+            {
+                _subscribers = _subscribers.Except(cut).ToArray();
+                _metrics.EventResyncs.Add(cut.Count);
+            }
             Volatile.Write(ref _lastId, e.Id);
             return e;
         }
@@ -189,6 +196,7 @@ public sealed class EventBus
                 if (after > last || after + 1 < oldest)
                 {
                     resync = true;
+                    _metrics.EventResyncs.Add(1);
                 }
                 else
                 {

@@ -71,6 +71,12 @@ public sealed class Job : GateTicket
 
     /// <summary>What the job does, as the request gave it.</summary>
     public JobCommand Command { get; }
+
+    /// <summary>The trace of the request that queued the job (none when nobody traces): the job's span continues it.</summary>
+    public System.Diagnostics.ActivityContext TraceParent { get; internal set; }
+
+    /// <summary>When the job joined its domain's queue (after its journal record was written): where its gate wait starts.</summary>
+    internal DateTimeOffset EnqueuedAt { get; set; }
     public bool Priority => Command.Priority;
     /// <summary>Whether a running job of this kind may be cancelled.</summary>
     public bool Cancellable => Command.Cancellable;

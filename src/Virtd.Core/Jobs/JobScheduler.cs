@@ -1,10 +1,12 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Virtd.Core.Configuration;
 using Virtd.Core.Domains;
 using Virtd.Core.Errors;
 using Virtd.Core.Events;
+using Virtd.Core.Observability;
 
 namespace Virtd.Core.Jobs;
 
@@ -26,14 +28,18 @@ public sealed class JobScheduler : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly JobCounts _counts = new();
     private readonly JobJournal? _journal;
+    private readonly VirtdMetrics _metrics;
     private Task[] _workers = [];
+    private int _busyNormal;
+    private int _busyPriority;
     private volatile bool _accepting = true;
 
     /// <param name="journal">Where jobs are made durable (null: they live in memory only, as in tests or with <c>Jobs:Journal=false</c>).</param>
     public JobScheduler(JobsOptions options, EventBus bus, JobStore store, DomainLifecycle lifecycle, TimeProvider time, ILogger<JobScheduler> log,
-        JobJournal? journal = null)
+        JobJournal? journal = null, VirtdMetrics? metrics = null)
     {
         _journal = journal;
+        _metrics = metrics ?? VirtdMetrics.None;
         _options = options;
         _bus = bus;
         _store = store;
@@ -55,13 +61,19 @@ public sealed class JobScheduler : IAsyncDisposable
     public int RunningCount => _counts.Running;
     public bool Accepting => _accepting;
 
+    /// <summary>Normal workers running a job right now (not those whose job waits for its VM without a worker).</summary>
+    public int BusyNormalWorkers => Volatile.Read(ref _busyNormal);
+
+    /// <summary>Priority (destroy) workers running a job right now.</summary>
+    public int BusyPriorityWorkers => Volatile.Read(ref _busyPriority);
+
     /// <summary>Starts the workers. Each loop is owned here and awaited by <see cref="DrainAsync"/>.</summary>
     public void Start()
     {
         if (_workers.Length > 0) return;
         var workers = new List<Task>();
-        for (var i = 0; i < _options.Workers; i++) workers.Add(Task.Run(() => WorkerLoop(_normal.Reader)));
-        for (var i = 0; i < _options.PriorityWorkers; i++) workers.Add(Task.Run(() => WorkerLoop(_priority.Reader)));
+        for (var i = 0; i < _options.Workers; i++) workers.Add(Task.Run(() => WorkerLoop(_normal.Reader, priority: false)));
+        for (var i = 0; i < _options.PriorityWorkers; i++) workers.Add(Task.Run(() => WorkerLoop(_priority.Reader, priority: true)));
         _workers = [.. workers];
     }
 
@@ -124,7 +136,7 @@ public sealed class JobScheduler : IAsyncDisposable
     private Job Admit(JobCommand command, DomainObject domain, BeforeChange? before)
     {
         if (!_accepting) throw VirtdException.ShuttingDown();
-        var job = new Job(command, domain, _time.GetUtcNow(), _stopping.Token);
+        var job = new Job(command, domain, _time.GetUtcNow(), _stopping.Token) { TraceParent = Activity.Current?.Context ?? default };
         if (!_counts.TryAdmit(job.Priority, _options.QueueLimit))
         {
             job.Complete();
@@ -161,8 +173,10 @@ public sealed class JobScheduler : IAsyncDisposable
 
     private void Enqueue(Job job)
     {
+        _metrics.JobAccepted(job.Kind);
         var domain = job.Domain;
         var now = _time.GetUtcNow();
+        job.EnqueuedAt = now;
         if (job.Priority)
         {
             _store.Add(job);
@@ -338,12 +352,14 @@ public sealed class JobScheduler : IAsyncDisposable
     /// then the job goes on without a worker (it keeps the gate and its running state) and the worker takes the
     /// next job. So a thousand guests ignoring the ACPI button hold no worker, and other domains' jobs still run.
     /// </summary>
-    private async Task WorkerLoop(ChannelReader<Job> reader)
+    private async Task WorkerLoop(ChannelReader<Job> reader, bool priority)
     {
         await foreach (var job in reader.ReadAllAsync().ConfigureAwait(false))
         {
+            if (priority) Interlocked.Increment(ref _busyPriority); else Interlocked.Increment(ref _busyNormal);
             var run = RunAsync(job);
-            await Task.WhenAny(run, job.WorkerReleased).ConfigureAwait(false);
+            try { await Task.WhenAny(run, job.WorkerReleased).ConfigureAwait(false); }
+            finally { if (priority) Interlocked.Decrement(ref _busyPriority); else Interlocked.Decrement(ref _busyNormal); }
             if (run.IsCompleted) continue;
             _waiting[run] = 0;
             _ = run.ContinueWith(static (t, state) => ((ConcurrentDictionary<Task, byte>)state!).TryRemove(t, out _), _waiting,
@@ -366,6 +382,14 @@ public sealed class JobScheduler : IAsyncDisposable
         }
         _counts.Started();
         job.WaitTimer?.Dispose();
+        if (job.Domain.Gate.Holder() is { Holder: var holder, Since: var since } && ReferenceEquals(holder, job))
+            _metrics.JobGateWait(job.Kind, since - job.EnqueuedAt);
+        // One span per job, in the trace of the request that queued it; the driver's QMP commands are its children.
+        using var activity = VirtdTracing.Source.StartActivity("job " + VirtdMetrics.Text(job.Kind), ActivityKind.Internal, job.TraceParent);
+        activity?.SetTag("virtd.job.id", job.Id.ToString());
+        activity?.SetTag("virtd.job.kind", VirtdMetrics.Text(job.Kind));
+        activity?.SetTag("virtd.domain.name", job.Domain.Name);
+        activity?.SetTag("virtd.domain.uuid", job.Domain.Uuid.ToString());
         _journal?.Append(JournalRecord.Started(job));
         PublishJob(EventTypes.JobStarted, job);
 
@@ -406,6 +430,11 @@ public sealed class JobScheduler : IAsyncDisposable
             (final, error) = CancelledOutcome(job);
             result = null;
         }
+        if (activity is not null)
+        {
+            activity.SetTag("virtd.job.outcome", VirtdMetrics.Text(final));
+            if (error is not null) activity.SetStatus(ActivityStatusCode.Error, error.Code);
+        }
         Finish(job, JobState.Running, final, result, error);
         ReleaseGate(job);
     }
@@ -422,6 +451,7 @@ public sealed class JobScheduler : IAsyncDisposable
     {
         if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
         _counts.Finished(from);
+        _metrics.JobFinished(job, to);
         _journal?.Append(JournalRecord.Finished(job));
         PublishJob(EventTypes.JobFinished, job);
         _store.MarkFinished(job);

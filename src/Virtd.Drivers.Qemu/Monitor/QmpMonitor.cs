@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using System.Text.Json;
@@ -8,6 +9,7 @@ using Microsoft.Extensions.Logging;
 using Polly;
 using Polly.Retry;
 using Virtd.Core.Errors;
+using Virtd.Core.Observability;
 
 namespace Virtd.Drivers.Qemu.Monitor;
 
@@ -26,6 +28,7 @@ public sealed class QmpMonitor : IAsyncDisposable
     private readonly string _owner;
     private readonly TimeProvider _time;
     private readonly ILogger _log;
+    private readonly VirtdMetrics _metrics;
     private readonly ConcurrentDictionary<long, Pending> _pending = new();
     private readonly Channel<(long Id, byte[] Bytes, System.Runtime.InteropServices.SafeHandle? Fd)> _outgoing =
         Channel.CreateUnbounded<(long, byte[], System.Runtime.InteropServices.SafeHandle?)>(new UnboundedChannelOptions { SingleReader = true });
@@ -39,8 +42,9 @@ public sealed class QmpMonitor : IAsyncDisposable
 
     private sealed record Pending(string Command, TaskCompletionSource<QmpMessage> Reply);
 
-    private QmpMonitor(Socket socket, string owner, TimeProvider time, ILogger log)
+    private QmpMonitor(Socket socket, string owner, TimeProvider time, ILogger log, VirtdMetrics? metrics)
     {
+        _metrics = metrics ?? VirtdMetrics.None;
         _socket = socket;
         _stream = new NetworkStream(socket, ownsSocket: true);
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(bufferSize: 16 * 1024, leaveOpen: true));
@@ -69,10 +73,10 @@ public sealed class QmpMonitor : IAsyncDisposable
     /// reads the greeting and enters command mode (<c>qmp_capabilities</c>).
     /// </summary>
     public static async Task<QmpMonitor> ConnectAsync(string path, string owner, TimeSpan commandTimeout, TimeProvider time, ILogger log,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, VirtdMetrics? metrics = null)
     {
         var socket = await ConnectSocketAsync(path, time, cancellationToken).ConfigureAwait(false);
-        var monitor = new QmpMonitor(socket, owner, time, log);
+        var monitor = new QmpMonitor(socket, owner, time, log, metrics);
         try
         {
             var greeting = await monitor._greeting.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -129,6 +133,44 @@ public sealed class QmpMonitor : IAsyncDisposable
     public async Task<JsonElement> ExecuteAsync(string command, JsonObject? arguments, TimeSpan timeout,
         System.Runtime.InteropServices.SafeHandle? passFd, CancellationToken cancellationToken)
     {
+        // A span per command, the child of the job's (or of the request's); counted and timed by command and outcome.
+        using var activity = VirtdTracing.Source.StartActivity("qmp " + command, ActivityKind.Client);
+        activity?.SetTag("virtd.qmp.command", command);
+        activity?.SetTag("virtd.domain.name", _owner);
+        var started = Stopwatch.GetTimestamp();
+        var outcome = "closed";
+        try
+        {
+            var message = await SendAsync(command, arguments, timeout, passFd, cancellationToken).ConfigureAwait(false);
+            outcome = message is QmpReturn ? "ok" : "error";
+            return message switch
+            {
+                QmpReturn r => r.Value,
+                QmpError e => throw VirtdException.HypervisorError($"QEMU refused '{command}' for domain '{_owner}': {e.Description} ({e.Class})"),
+                _ => throw VirtdException.HypervisorError($"unexpected reply to '{command}' from the monitor of domain '{_owner}'"),
+            };
+        }
+        catch (VirtdException e)
+        {
+            if (e.Code == ErrorCodes.MonitorTimeout) outcome = "timeout";
+            activity?.SetStatus(ActivityStatusCode.Error, outcome);
+            throw;
+        }
+        catch (OperationCanceledException)
+        {
+            outcome = "cancelled";
+            throw;
+        }
+        finally
+        {
+            _metrics.QmpCommand(command, outcome, started);
+            activity?.SetTag("virtd.qmp.outcome", outcome);
+        }
+    }
+
+    private async Task<QmpMessage> SendAsync(string command, JsonObject? arguments, TimeSpan timeout,
+        System.Runtime.InteropServices.SafeHandle? passFd, CancellationToken cancellationToken)
+    {
         if (_closeReason is { } closed) throw Closed(command, closed);
         var id = Interlocked.Increment(ref _nextId);
         var reply = new TaskCompletionSource<QmpMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -156,12 +198,7 @@ public sealed class QmpMonitor : IAsyncDisposable
             _pending.TryRemove(id, out _);
             throw;
         }
-        return message switch
-        {
-            QmpReturn r => r.Value,
-            QmpError e => throw VirtdException.HypervisorError($"QEMU refused '{command}' for domain '{_owner}': {e.Description} ({e.Class})"),
-            _ => throw VirtdException.HypervisorError($"unexpected reply to '{command}' from the monitor of domain '{_owner}'"),
-        };
+        return message;
     }
 
     private VirtdException Closed(string command, string reason) =>

@@ -34,4 +34,54 @@ internal static class ProcFs
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
     }
+
+    /// <summary>Clock ticks per second in <c>/proc/&lt;pid&gt;/stat</c> (USER_HZ, 100 on Linux whatever the kernel's HZ).</summary>
+    private const double UserHz = 100;
+
+    /// <summary>
+    /// CPU time (seconds) of the process's vCPU threads (QEMU's <c>debug-threads=on</c> names them <c>CPU n/TCG</c> or
+    /// <c>CPU n/KVM</c>), or of the whole process when no thread is so named, and its resident memory in bytes; null when
+    /// there is no such process.
+    /// </summary>
+    public static (double CpuSeconds, long RssBytes)? ReadUsage(int pid)
+    {
+        string statm;
+        try { statm = File.ReadAllText($"/proc/{pid}/statm"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        var pages = statm.Split(' ') is [_, var resident, ..] && long.TryParse(resident, out var r) ? r : 0;
+        var rss = pages * Environment.SystemPageSize;
+        ulong vcpuTicks = 0;
+        var vcpus = 0;
+        try
+        {
+            foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+            {
+                if (ReadTimes(Path.Combine(task, "stat")) is not { } t || !t.Comm.StartsWith("CPU ", StringComparison.Ordinal)) continue;
+                vcpuTicks += t.Ticks;
+                vcpus++;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        if (vcpus == 0)
+        {
+            if (ReadTimes($"/proc/{pid}/stat") is not { } whole) return null;
+            vcpuTicks = whole.Ticks;
+        }
+        return (vcpuTicks / UserHz, rss);
+    }
+
+    /// <summary>A stat file's comm and utime + stime (fields 14 and 15).</summary>
+    private static (string Comm, ulong Ticks)? ReadTimes(string statPath)
+    {
+        string text;
+        try { text = File.ReadAllText(statPath); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        var open = text.IndexOf('(');
+        var close = text.LastIndexOf(')');
+        if (open < 0 || close < open || close + 2 >= text.Length) return null;
+        var fields = text[(close + 2)..].Split(' ');
+        // fields[0] is field 3 (state): utime is field 14 (fields[11]), stime field 15 (fields[12]).
+        if (fields.Length < 13 || !ulong.TryParse(fields[11], out var utime) || !ulong.TryParse(fields[12], out var stime)) return null;
+        return (text[(open + 1)..close], utime + stime);
+    }
 }

@@ -39,6 +39,8 @@ public sealed class AccessMatrixTests
             .OrderBy(r => r.Path, StringComparer.Ordinal).ThenBy(r => r.Method, StringComparer.Ordinal).ToList();
         Assert.Equal(routes.Select(r => (r.Method, r.Path, r.Role is { } role ? RoleText.Of(role) : null)), documented);
         Assert.True(routes.Count >= 20, $"only {routes.Count} routes");
+        Assert.Contains(("GET", "/metrics", (Role?)Role.Reader), routes);
+        Assert.Contains(("GET", "/api/v1/domains/{id}/stats", (Role?)Role.Reader), routes);
 
         // Callers: anonymous, a revoked token, an expired one, and one of each role.
         var secrets = new Dictionary<string, string?> { ["none"] = null, ["admin"] = app.AdminToken };

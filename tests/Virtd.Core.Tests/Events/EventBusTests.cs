@@ -8,8 +8,8 @@ namespace Virtd.Core.Tests.Events;
 
 public sealed class EventBusTests
 {
-    private static EventBus NewBus(int replay = 100, int queue = 100, ManualTimeProvider? time = null) =>
-        new(new EventsOptions { ReplayBuffer = replay, SubscriberQueue = queue }, time ?? new ManualTimeProvider());
+    private static EventBus NewBus(int replay = 100, int queue = 100, FakeClock? time = null) =>
+        new(new EventsOptions { ReplayBuffer = replay, SubscriberQueue = queue }, time ?? new FakeClock());
 
     private static EventFilter Filter(string[]? domains = null, string[]? types = null) => new(domains ?? [], types ?? []);
 
@@ -40,7 +40,7 @@ public sealed class EventBusTests
     [Fact]
     public void Ids_OfALaterRun_AreAboveEveryIdOfAnEarlierRun()
     {
-        var time = new ManualTimeProvider();
+        var time = new FakeClock();
         var first = NewBus(time: time);
         var last = PublishMany(first, 10_000)[^1];
 

@@ -23,7 +23,8 @@ public sealed class QemuApp : IAsyncDisposable
 
     /// <param name="testGuest">Also allow the test guest's kernel and initrd (its directory becomes a second storage pool).</param>
     /// <param name="kestrel">Serve on real Kestrel on a loopback port (<see cref="Address"/>), where a guest's user NIC reaches it.</param>
-    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false, bool kestrel = false)
+    /// <param name="services">Changes to the daemon's services (an in-memory trace exporter, say).</param>
+    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false, bool kestrel = false, Action<IServiceCollection>? services = null)
     {
         QemuHost.RequireQemu();
         var state = TestDirectories.Create("virtd-qemu-");
@@ -37,7 +38,7 @@ public sealed class QemuApp : IAsyncDisposable
             all["Storage:Pools:guest"] = TestGuest.Directory;
         }
         if (settings is not null) foreach (var (k, v) in settings) all[k] = v;
-        App = new VirtdApplication(state, all, kestrel);
+        App = new VirtdApplication(state, all, kestrel, services);
         if (kestrel)
         {
             Address = App.StartKestrel();

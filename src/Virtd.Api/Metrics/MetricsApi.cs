@@ -1,0 +1,106 @@
+using System.Net;
+using Microsoft.AspNetCore.Http.HttpResults;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
+using Virtd.Api.Access;
+using Virtd.Api.Domains;
+using Virtd.Core.Domains;
+using Virtd.Core.Errors;
+using Virtd.Core.Observability;
+
+namespace Virtd.Api.Metrics;
+
+/// <summary>OpenTelemetry's Prometheus exporter, as a request pipeline of its own.</summary>
+public sealed class PrometheusScrape
+{
+    public RequestDelegate? Pipeline { get; set; }
+}
+
+/// <summary>Marks <c>/metrics</c>: with <c>Metrics:Anonymous=true</c> a request without credentials from loopback may scrape.</summary>
+public sealed record AnonymousScrape;
+
+/// <summary>
+/// Metrics and traces through OpenTelemetry: the <c>Virtd</c> meter with ASP.NET Core's and the runtime's, served as
+/// Prometheus text (or OpenMetrics when asked) at <c>GET /metrics</c>; per-VM figures collected in the background; and,
+/// only when <c>OpenTelemetry:OtlpEndpoint</c> is set, traces (request → job → QMP command) exported over OTLP.
+/// </summary>
+public static class MetricsApi
+{
+    public static IHostApplicationBuilder AddObservability(this IHostApplicationBuilder builder)
+    {
+        var s = builder.Services;
+        s.AddSingleton<DomainStatsCollector>();
+        s.AddHostedService(sp => sp.GetRequiredService<DomainStatsCollector>());
+        s.AddSingleton<DaemonGauges>();
+
+        // Whether to build the pipelines is decided here; a value that is not a boolean is reported at start by the options check.
+        var metrics = !bool.TryParse(builder.Configuration["Metrics:Enabled"], out var on) || on;
+        var otlp = builder.Configuration["OpenTelemetry:OtlpEndpoint"];
+        var tracing = !string.IsNullOrWhiteSpace(otlp) && Uri.TryCreate(otlp, UriKind.Absolute, out _);
+        if (!metrics && !tracing) return builder; // nothing listens: instruments and the trace source cost a branch
+        var otel = s.AddOpenTelemetry().ConfigureResource(r => r.AddService("virtd", serviceVersion: typeof(MetricsApi).Assembly.GetName().Version?.ToString()));
+        if (metrics)
+        {
+            var aspNetCore = !bool.TryParse(builder.Configuration["Metrics:AspNetCore"], out var withAspNetCore) || withAspNetCore;
+            otel.WithMetrics(m =>
+            {
+                m.AddMeter(VirtdMetrics.MeterName);
+                // ASP.NET Core's request and connection meters (recorded on every request: Metrics:AspNetCore=false leaves
+                // them out); never its routing and memory-pool counters, which count on every request and every buffer.
+                if (aspNetCore) m.AddMeter("Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel");
+                m.AddRuntimeInstrumentation()
+                    // Prometheus keeps _count for histograms and summaries (promtool check metrics says so): three of the
+                    // runtime's gauges are renamed.
+                    .AddView("dotnet.assembly.count", "dotnet.assemblies")
+                    .AddView("dotnet.process.cpu.count", "dotnet.process.cpus")
+                    .AddView("dotnet.timer.count", "dotnet.timers")
+                    .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0);
+            });
+            s.AddSingleton<PrometheusScrape>();
+        }
+        if (tracing)
+        {
+            otel.WithTracing(t => t
+                .AddSource(VirtdTracing.SourceName)
+                .AddAspNetCoreInstrumentation(o => o.Filter = http => !http.Request.Path.StartsWithSegments("/metrics"))
+                .AddOtlpExporter(o => o.Endpoint = new Uri(otlp!)));
+        }
+        return builder;
+    }
+
+    public static WebApplication MapMetricsApi(this WebApplication app)
+    {
+        if (app.Services.GetService<PrometheusScrape>() is { } scrape)
+        {
+            // The exporter's own middleware, as a branch that always matches: the route below is an ordinary endpoint, so the
+            // role check, the OpenAPI document and the access tests see it like any other.
+            scrape.Pipeline = ((IApplicationBuilder)app).New().UseOpenTelemetryPrometheusScrapingEndpoint(_ => true).Build();
+        }
+        app.MapGet("/metrics", ScrapeAsync).WithTags("Host").WithName("GetMetrics")
+            .WithSummary("Prometheus text exposition of the daemon's and every VM's figures (OpenMetrics when Accept asks for it)")
+            .WithDescription("Needs the reader role; with Metrics:Anonymous=true a request without credentials from loopback may scrape. " +
+                             "404 when Metrics:Enabled=false. The series are listed in the README's Metrics section.")
+            .Requires(Role.Reader).WithMetadata(new AnonymousScrape())
+            .Produces(200, contentType: "text/plain").Problems(404, 413);
+        return app;
+    }
+
+    private static async Task ScrapeAsync(HttpContext http, CancellationToken cancellationToken)
+    {
+        if (http.RequestServices.GetService<PrometheusScrape>()?.Pipeline is not { } scrape)
+            throw new VirtdException(ErrorCodes.NotFound, 404, "Not found", "metrics are off (Metrics:Enabled=false)");
+        // A body nobody reads is drained by Kestrel after the answer, and one past the body limit then resets the
+        // connection under a long answer still in flight (the fuzz tier sent 2 MiB): read it first, 413 past the limit.
+        if (http.Request.ContentLength is > 0 || http.Request.Headers.TransferEncoding.Count > 0)
+            await http.Request.Body.CopyToAsync(Stream.Null, cancellationToken).ConfigureAwait(false);
+        http.RequestServices.GetRequiredService<DaemonGauges>(); // its observable instruments exist from the first scrape on
+        await scrape(http).ConfigureAwait(false);
+    }
+
+    /// <summary>Whether a request without credentials may scrape: <c>Metrics:Anonymous</c>, from a loopback address.</summary>
+    public static bool MayScrapeAnonymously(HttpContext http) =>
+        http.GetEndpoint()?.Metadata.GetMetadata<AnonymousScrape>() is not null
+        && http.RequestServices.GetRequiredService<MetricsOptions>().Anonymous
+        && http.Connection.RemoteIpAddress is { } ip && IPAddress.IsLoopback(ip);
+}
