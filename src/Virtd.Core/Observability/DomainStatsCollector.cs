@@ -16,8 +16,11 @@ public sealed class MetricsOptions
     /// <summary>Unauthenticated scrapes of <c>/metrics</c> from loopback (and the Unix sockets) are allowed.</summary>
     public bool Anonymous { get; set; }
 
-    /// <summary>Include ASP.NET Core's request and connection meters (recorded on every request); read when the daemon starts.</summary>
-    public bool AspNetCore { get; set; } = true;
+    /// <summary>
+    /// Include ASP.NET Core's request meter (<c>http.server.request.duration</c>, active requests), recorded on every request
+    /// and not free: off by default; read when the daemon starts.
+    /// </summary>
+    public bool AspNetCore { get; set; }
 
     /// <summary>How often each running VM's figures are read.</summary>
     public TimeSpan StatsInterval { get; set; } = TimeSpan.FromSeconds(5);
