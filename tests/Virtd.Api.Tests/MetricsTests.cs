@@ -123,6 +123,24 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task Scrape_AfterTheVmIsDestroyedAndUndefined_HasNoSeriesOfIt()
+    {
+        await using var app = new VirtdApplication(settings: FastStats);
+        using var http = app.CreateClient();
+        await http.DefineRunningAsync("gone");
+        await ScrapeUntilAsync(http, s => s.Value("virtd_domain_vcpu_time_seconds_total", ("domain", "gone")) is > 0, "the VM's vCPU time");
+
+        await http.ActAsync("gone", "destroy", wait: 30);
+        // A stopped VM has no figures: its per-VM series go (virtd_domain_state stays while it is defined).
+        var stopped = await ScrapeUntilAsync(http, s => !s.Any(x => x.Name.StartsWith("virtd_domain_", StringComparison.Ordinal)
+            && x.Name != "virtd_domain_state" && x.Labels.GetValueOrDefault("domain") == "gone"), "no per-VM series of the stopped VM");
+        Assert.Equal(1, stopped.Value("virtd_domain_state", ("domain", "gone"), ("state", "shut-off")));
+
+        Assert.Equal(HttpStatusCode.NoContent, (await http.DeleteAsync("/api/v1/domains/gone")).StatusCode);
+        await ScrapeUntilAsync(http, s => !s.Any(x => x.Labels.GetValueOrDefault("domain") == "gone"), "no series of the undefined domain");
+    }
+
+    [Fact]
     public async Task Scrape_WhenMetricsAreOff_Is404()
     {
         await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Metrics:Enabled"] = "false" });
