@@ -21,16 +21,19 @@ public sealed record QemuStatusFile(
     string Binary,
     DomainDefinition Definition)
 {
+    private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<QemuStatusFile> Info =
+        VirtdJson.Info<QemuStatusFile>(VirtdJson.Configure(new JsonSerializerOptions(), [QemuJson.Default]));
+
     /// <summary>Atomic (a reader sees the old file or the new one), not fsynced: it must survive the daemon, not the host.</summary>
     /// <summary>Owner-only: the run directory is open to everyone (for the read-only API socket), the VM's definition is not.</summary>
-    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, VirtdJson.Options), durable: false, AtomicFile.OwnerOnly);
+    public void Write(string path) => AtomicFile.Write(path, JsonSerializer.SerializeToUtf8Bytes(this, Info), durable: false, AtomicFile.OwnerOnly);
 
     /// <summary>The status at <paramref name="path"/>, or null with why it cannot be used.</summary>
     public static (QemuStatusFile? Status, string? Problem) TryRead(string path)
     {
         try
         {
-            var status = JsonSerializer.Deserialize<QemuStatusFile>(File.ReadAllBytes(path), VirtdJson.Options);
+            var status = JsonSerializer.Deserialize(File.ReadAllBytes(path), Info);
             if (status is null || status.Pid <= 1 || status.Definition is null) return (null, "incomplete status file");
             return (status, null);
         }
@@ -92,3 +95,6 @@ internal static class QemuLog
         catch (UnauthorizedAccessException) { return null; }
     }
 }
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(QemuStatusFile))]
+internal sealed partial class QemuJson : System.Text.Json.Serialization.JsonSerializerContext;

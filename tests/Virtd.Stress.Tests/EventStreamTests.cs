@@ -59,7 +59,7 @@ public sealed class EventStreamTests(ITestOutputHelper output)
                 }
             })));
             var run = sw.Elapsed;
-            var end = bus.Publish("test.end", null, new { }).Id;
+            var end = bus.Publish("test.end", null, new System.Text.Json.Nodes.JsonObject()).Id;
             var published = end - first + 1;
             Assert.True(published > Actions * 4, $"only {published} events for {Actions} actions");
 
@@ -115,7 +115,7 @@ public sealed class EventStreamTests(ITestOutputHelper output)
                     for (var e = 0; e < Events / Jobs; e++)
                     {
                         var n = Interlocked.Increment(ref filler);
-                        bus.Publish("test.filler", null, new { n, fill = new string((char)('a' + n % 26), PayloadChars) });
+                        bus.Publish("test.filler", null, new System.Text.Json.Nodes.JsonObject { ["n"] = n, ["fill"] = new string((char)('a' + n % 26), PayloadChars) });
                     }
                 }
             })));
@@ -187,7 +187,7 @@ public sealed class EventStreamTests(ITestOutputHelper output)
         {
             Assert.True(published < 1_000_000, "a client that reads nothing was never cut off");
             for (var i = 0; i < 100; i++, published++)
-                bus.Publish("test.filler", null, new { n = published, fill = new string('x', 256) });
+                bus.Publish("test.filler", null, new System.Text.Json.Nodes.JsonObject { ["n"] = published, ["fill"] = new string('x', 256) });
             if (published > sw.Elapsed.TotalSeconds * Rate) await Task.Delay(1);
         }
         var cut = sw.Elapsed;

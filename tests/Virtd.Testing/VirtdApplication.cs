@@ -43,7 +43,19 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
     /// <summary>The default storage pool: disks and kernels must lie here.</summary>
     public string ImagesDirectory => Path.Combine(StateDirectory, "images");
 
-    public static JsonSerializerOptions Json => VirtdJson.Options;
+    /// <summary>
+    /// The daemon's JSON settings for a test's own bodies (anonymous objects, dictionaries): the daemon's source-generated
+    /// types first, then reflection for whatever a test writes. The daemon itself has no reflection fallback.
+    /// </summary>
+    public static JsonSerializerOptions Json { get; } = TestJson();
+
+    private static JsonSerializerOptions TestJson()
+    {
+        var o = Virtd.Api.ApiJson.Configure(new JsonSerializerOptions());
+        o.TypeInfoResolverChain.Add(new System.Text.Json.Serialization.Metadata.DefaultJsonTypeInfoResolver());
+        o.MakeReadOnly();
+        return o;
+    }
 
     /// <summary>Starts Kestrel (constructed with <c>kestrel: true</c>) and returns the address it listens on.</summary>
     public Uri StartKestrel()

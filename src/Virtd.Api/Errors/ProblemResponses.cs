@@ -15,6 +15,8 @@ public static partial class ProblemResponses
 {
     public const string ContentType = "application/problem+json";
 
+    private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<ProblemDetails> ProblemInfo = VirtdJson.Info<ProblemDetails>(ApiJson.Options);
+
     public static ProblemDetails Create(HttpContext http, VirtdException e)
     {
         var p = new ProblemDetails
@@ -39,7 +41,7 @@ public static partial class ProblemResponses
         if (e.RetryAfterSeconds is { } s) http.Response.Headers.RetryAfter = s.ToString(System.Globalization.CultureInfo.InvariantCulture);
         if (e.Challenge is { } challenge) http.Response.Headers.WWWAuthenticate = challenge;
         http.Response.ContentType = ContentType;
-        await JsonSerializer.SerializeAsync(http.Response.Body, Create(http, e), VirtdJson.Options, http.RequestAborted).ConfigureAwait(false);
+        await JsonSerializer.SerializeAsync(http.Response.Body, Create(http, e), ProblemInfo, http.RequestAborted).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -81,8 +83,36 @@ public static partial class ProblemResponses
         405 => new VirtdException(ErrorCodes.MethodNotAllowed, 405, "Method not allowed", $"{http.Request.Method} is not allowed on {http.Request.Path}"),
         413 => TooLarge(),
         415 => new VirtdException(ErrorCodes.UnsupportedMediaType, 415, "Unsupported media type", "send the body as application/json"),
+        400 when UnparsableParameters(http) is { Count: > 0 } errors => VirtdException.Validation(errors),
         var s => new VirtdException(ErrorCodes.ValidationFailed, s, "Request failed", $"the request failed with status {s}"),
     };
+
+    /// <summary>
+    /// The query and route values the endpoint could not parse. The request delegate generator answers a nullable value
+    /// it cannot parse (<c>int? wait</c> from <c>?wait=soon</c>) with a bare 400 and throws nothing, so the names come from
+    /// the endpoint's parameter metadata, each value checked as its type would parse it.
+    /// </summary>
+    private static Dictionary<string, string[]> UnparsableParameters(HttpContext http)
+    {
+        var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        if (http.GetEndpoint()?.Metadata.GetOrderedMetadata<Microsoft.AspNetCore.Http.Metadata.IParameterBindingMetadata>() is not { } parameters) return errors;
+        foreach (var p in parameters)
+        {
+            if (!p.HasTryParse) continue;
+            string? raw = http.Request.RouteValues.TryGetValue(p.Name, out var routeValue) ? routeValue as string : http.Request.Query[p.Name].ToString();
+            if (string.IsNullOrEmpty(raw)) continue;
+            var type = Nullable.GetUnderlyingType(p.ParameterInfo.ParameterType) ?? p.ParameterInfo.ParameterType;
+            var inv = System.Globalization.CultureInfo.InvariantCulture;
+            var parses = type == typeof(int) ? int.TryParse(raw, System.Globalization.NumberStyles.Integer, inv, out _)
+                : type == typeof(long) ? long.TryParse(raw, System.Globalization.NumberStyles.Integer, inv, out _)
+                : type == typeof(double) ? double.TryParse(raw, System.Globalization.NumberStyles.Float, inv, out _)
+                : type == typeof(bool) ? bool.TryParse(raw, out _)
+                : type == typeof(Guid) ? Guid.TryParse(raw, out _)
+                : true;
+            if (!parses) errors[p.Name] = [$"'{raw}' is not a valid value"];
+        }
+        return errors;
+    }
 
     private static VirtdException TooLarge() =>
         new(ErrorCodes.PayloadTooLarge, 413, "Payload too large", $"request bodies are limited to {Hosting.VirtdHostingExtensions.MaxRequestBodyBytes} bytes");

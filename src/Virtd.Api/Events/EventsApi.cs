@@ -35,10 +35,6 @@ public static class EventsApi
     /// <summary>Validates the query, subscribes (with replay) and streams until the client goes, the daemon stops or the client overflows.</summary>
     public static async Task StreamEventsAsync(
         HttpContext http,
-        [FromQuery] string[]? domain,
-        [FromQuery] string[]? types,
-        [FromQuery] string? lastEventId,
-        [FromHeader(Name = "Last-Event-ID")] string? lastEventIdHeader,
         EventBus bus,
         EventsOptions options,
         IHostApplicationLifetime life,
@@ -46,7 +42,12 @@ public static class EventsApi
         StreamLimits limits,
         TimeProvider time,
         ILoggerFactory logs,
-        CancellationToken ct)
+        CancellationToken ct,
+        // Defaults, so that the request delegate generator too describes them as optional.
+        [FromQuery] string[]? domain = null,
+        [FromQuery] string[]? types = null,
+        [FromQuery] string? lastEventId = null,
+        [FromHeader(Name = "Last-Event-ID")] string? lastEventIdHeader = null)
     {
         var errors = new Dictionary<string, string[]>();
         var filter = new EventFilter(Domains(domain, errors), Split(types));

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using Microsoft.Extensions.Options;
 using Virtd.Api.Access;
 using Virtd.Core.Configuration;
@@ -26,27 +27,27 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
     /// </summary>
     public static void AddOptions(IServiceCollection s)
     {
-        Add<VirtdOptions>(s, null, OptionsValidation.Validate);
-        Add<StorageOptions>(s, "Storage", OptionsValidation.Validate);
+        Add<VirtdOptions>(s, null, static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<StorageOptions>(s, "Storage", static (c, o) => c.Bind(o), OptionsValidation.Validate);
         s.AddOptions<StorageOptions>().PostConfigure<IOptions<VirtdOptions>>((storage, virtd) =>
         {
             storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.Value.StateDirectory, "images"));
         });
-        Add<JobsOptions>(s, "Jobs", OptionsValidation.Validate);
-        Add<SimulatedOptions>(s, "Simulated", OptionsValidation.Validate);
-        Add<EventsOptions>(s, "Events", OptionsValidation.Validate);
-        Add<QemuOptions>(s, "Qemu", q => q.Validate());
-        Add<GuestsOptions>(s, "Guests", OptionsValidation.Validate);
-        Add<SecurityOptions>(s, "Security", security => security.Validate());
+        Add<JobsOptions>(s, "Jobs", static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<SimulatedOptions>(s, "Simulated", static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<EventsOptions>(s, "Events", static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<QemuOptions>(s, "Qemu", static (c, o) => c.Bind(o), q => q.Validate());
+        Add<GuestsOptions>(s, "Guests", static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<SecurityOptions>(s, "Security", static (c, o) => c.Bind(o), security => security.Validate());
         // Plain HTTP on a network address is a fault of the listen addresses that only the security options can excuse.
         s.AddSingleton<IValidateOptions<SecurityOptions>>(sp => new Checks<SecurityOptions>(security =>
             !security.AllowPlainHttpOnNetwork && ListenAddresses.PlainHttpOnNetwork(sp.GetRequiredService<IConfiguration>()) is var (key, url)
                 ? [$"{key}: {url} is plain HTTP on a network address, so tokens and session cookies would cross the network in clear text; " +
                    "use https:// (README: TLS), a loopback address or the Unix sockets, or set Security:AllowPlainHttpOnNetwork=true"]
                 : []));
-        Add<ListenerOptions>(s, "Listen", _ => []);
-        Add<LimitsOptions>(s, "Limits", limits => limits.Validate());
-        Add<MetricsOptions>(s, "Metrics", OptionsValidation.Validate);
+        Add<ListenerOptions>(s, "Listen", static (c, o) => c.Bind(o), _ => []);
+        Add<LimitsOptions>(s, "Limits", static (c, o) => c.Bind(o), limits => limits.Validate());
+        Add<MetricsOptions>(s, "Metrics", static (c, o) => c.Bind(o), OptionsValidation.Validate);
 
         s.AddSingleton(sp => new VirtdConfiguration(Value<VirtdOptions>(sp), Value<StorageOptions>(sp), Value<JobsOptions>(sp), Value<SimulatedOptions>(sp),
             Value<EventsOptions>(sp), Value<QemuOptions>(sp), Value<GuestsOptions>(sp), Value<SecurityOptions>(sp), Value<ListenerOptions>(sp),
@@ -54,23 +55,28 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
     }
 
     /// <summary>The options' value; one that fails its checks is a <see cref="ConfigurationException"/>, as everywhere in the daemon.</summary>
-    private static T Value<T>(IServiceProvider sp) where T : class
+    private static T Value<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] T>(IServiceProvider sp) where T : class
     {
         try { return sp.GetRequiredService<IOptions<T>>().Value; }
         catch (OptionsValidationException e) { throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures)); }
     }
 
-    private static void Add<T>(IServiceCollection s, string? section, Func<T, IEnumerable<string>> check) where T : class
+    /// <summary>
+    /// <paramref name="bind"/> is <c>(c, o) =&gt; c.Bind(o)</c> written where <typeparamref name="T"/> is known, so that the
+    /// configuration binding generator writes the binding code for it (no reflection, as Native AOT needs).
+    /// </summary>
+    private static void Add<[DynamicallyAccessedMembers(DynamicallyAccessedMemberTypes.PublicParameterlessConstructor)] T>(
+        IServiceCollection s, string? section, Action<IConfiguration, T> bind, Func<T, IEnumerable<string>> check) where T : class
     {
-        s.AddOptions<T>().Configure<IConfiguration>((o, configuration) => Bind(section is null ? configuration : configuration.GetSection(section), o))
+        s.AddOptions<T>().Configure<IConfiguration>((o, configuration) => Bind(section is null ? configuration : configuration.GetSection(section), o, bind))
             .ValidateOnStart();
         s.AddSingleton<IValidateOptions<T>>(new Checks<T>(check));
         s.AddSingleton(Value<T>);
     }
 
-    private static void Bind(IConfiguration configuration, object options)
+    private static void Bind<T>(IConfiguration configuration, T options, Action<IConfiguration, T> bind)
     {
-        try { configuration.Bind(options); }
+        try { bind(configuration, options); }
         catch (InvalidOperationException e)
         {
             // The binder's message names the key: "Failed to convert configuration value at 'Jobs:Workers' to type 'System.Int32'."

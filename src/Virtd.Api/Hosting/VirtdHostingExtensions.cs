@@ -41,8 +41,10 @@ public static class VirtdHostingExtensions
             sp.GetRequiredService<JobsOptions>().Journal ? sp.GetRequiredService<JobJournal>() : null, sp.GetRequiredService<VirtdMetrics>()));
         s.AddSingleton(sp => new StoragePaths(sp.GetRequiredService<StorageOptions>().Pools));
         s.AddSingleton<Virtd.Core.Storage.VolumeService>();
-        // FluentValidation's own registration: IValidator<DomainDefinition> and the validator type, one per daemon.
-        s.AddValidatorsFromAssemblyContaining<DomainDefinitionValidator>(ServiceLifetime.Singleton);
+        // The validator as IValidator<DomainDefinition>, one per daemon. Registered by name, not by FluentValidation's assembly
+        // scan (AddValidatorsFromAssemblyContaining), which finds validators by reflection over every type: not under Native AOT.
+        s.AddSingleton<DomainDefinitionValidator>();
+        s.AddSingleton<IValidator<DomainDefinition>>(sp => sp.GetRequiredService<DomainDefinitionValidator>());
         s.AddSingleton(sp => new DomainStore(sp.GetRequiredService<VirtdOptions>().DomainsDirectory, sp.GetRequiredService<ILogger<DomainStore>>()));
         s.AddSingleton(sp => new DriverCatalog(sp.GetServices<IHypervisorDriver>()));
         s.AddSingleton<ResourceLimits>();
@@ -51,7 +53,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton<DaemonStatus>();
         s.AddHostedService<VirtdDaemon>();
 
-        s.ConfigureHttpJsonOptions(o => VirtdJson.Configure(o.SerializerOptions));
+        s.ConfigureHttpJsonOptions(o => ApiJson.Configure(o.SerializerOptions));
         s.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         // The host's own bound stays above the daemon's, so phase 2 always gets to log what it waited for.
         // Resolved while the host is built: a bad value is reported by DaemonRunner right after, not thrown from here.

@@ -18,7 +18,9 @@ public enum NicMode { User, None }
 public enum LifecycleAction { Destroy, Restart }
 
 /// <summary>
-/// The persistent definition of a domain. Immutable: an update swaps the whole record.
+/// The persistent definition of a domain. Treated as immutable: an update swaps the whole record. A property with a
+/// default of its own has <c>set</c>, not <c>init</c>: System.Text.Json's source generator fills every init-only
+/// property in one object initializer, so one that the JSON leaves out would get 0 (or null) instead of its default.
 /// The same shape is the REST request body, so every property is what the user wrote. A property with a default of
 /// its own (an initializer) states it with <see cref="DefaultValueAttribute"/> too, for the OpenAPI document: a generated
 /// client then sends, when told nothing, what the daemon would have taken (a test keeps the two equal).
@@ -26,7 +28,7 @@ public enum LifecycleAction { Destroy, Restart }
 public sealed record DomainDefinition
 {
     /// <summary>Unique name, <c>^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$</c>.</summary>
-    public string Name { get; init; } = "";
+    public string Name { get; set; } = "";
 
     /// <summary>Unique id; generated on define when absent.</summary>
     public Guid? Uuid { get; init; }
@@ -36,13 +38,13 @@ public sealed record DomainDefinition
 
     /// <summary>Virtual CPUs, 1 to host CPUs × 4 (at most 256).</summary>
     [DefaultValue(1)]
-    public int Vcpus { get; init; } = 1;
+    public int Vcpus { get; set; } = 1;
 
     /// <summary>Guest memory in MiB, 16 to 1048576.</summary>
     public int MemoryMiB { get; init; }
 
     [DefaultValue(MachineType.Q35)]
-    public MachineType Machine { get; init; } = MachineType.Q35;
+    public MachineType Machine { get; set; } = MachineType.Q35;
 
     /// <summary>Direct kernel boot; absent means boot from the first disk.</summary>
     public BootConfig? Boot { get; init; }
@@ -57,13 +59,13 @@ public sealed record DomainDefinition
     private readonly IReadOnlyList<NicConfig> _nics = [];
 
     [DefaultValue(LifecycleAction.Destroy)]
-    public LifecycleAction OnPoweroff { get; init; } = LifecycleAction.Destroy;
+    public LifecycleAction OnPoweroff { get; set; } = LifecycleAction.Destroy;
 
     [DefaultValue(LifecycleAction.Restart)]
-    public LifecycleAction OnReboot { get; init; } = LifecycleAction.Restart;
+    public LifecycleAction OnReboot { get; set; } = LifecycleAction.Restart;
 
     [DefaultValue(LifecycleAction.Destroy)]
-    public LifecycleAction OnCrash { get; init; } = LifecycleAction.Destroy;
+    public LifecycleAction OnCrash { get; set; } = LifecycleAction.Destroy;
 
     /// <summary>Start the domain when the daemon starts.</summary>
     public bool Autostart { get; init; }
@@ -99,7 +101,7 @@ public sealed record BootConfig
 public sealed record DiskConfig
 {
     /// <summary>A file inside a storage pool; or give <see cref="Volume"/> instead.</summary>
-    public string Path { get; init; } = "";
+    public string Path { get; set; } = "";
 
     /// <summary>A volume, <c>pool/name</c> (<c>GET /api/v1/pools/{pool}/volumes</c>); or give <see cref="Path"/> instead.</summary>
     public string? Volume { get; init; }
@@ -108,7 +110,7 @@ public sealed record DiskConfig
     public DiskFormat? Format { get; init; }
 
     [DefaultValue(DiskBus.Virtio)]
-    public DiskBus Bus { get; init; } = DiskBus.Virtio;
+    public DiskBus Bus { get; set; } = DiskBus.Virtio;
     public bool ReadOnly { get; init; }
 }
 
@@ -124,7 +126,7 @@ public sealed record GraphicsConfig
 public sealed record NicConfig
 {
     [DefaultValue(NicMode.User)]
-    public NicMode Mode { get; init; } = NicMode.User;
+    public NicMode Mode { get; set; } = NicMode.User;
 }
 
 /// <summary>Per-domain fault injection understood by the simulated driver.</summary>

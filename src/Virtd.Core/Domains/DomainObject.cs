@@ -182,7 +182,7 @@ public sealed class DomainObject
 
     public static string ComputeETag(DomainDefinition definition)
     {
-        var bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Options);
+        var bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Definition);
         Span<byte> hash = stackalloc byte[32];
         SHA256.HashData(bytes, hash);
         return "\"" + Convert.ToHexStringLower(hash[..12]) + "\"";

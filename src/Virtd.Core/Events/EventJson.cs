@@ -8,7 +8,7 @@ public static class EventJson
 {
     public static byte[] Serialize(VirtdEvent e)
     {
-        var payload = JsonSerializer.SerializeToUtf8Bytes(e.Data, e.Data.GetType(), VirtdJson.Options);
+        var payload = JsonSerializer.SerializeToUtf8Bytes(e.Data, VirtdJson.Options.GetTypeInfo(e.Data.GetType()));
         var head = new ArrayBufferWriter<byte>(payload.Length + 96);
         using (var w = new Utf8JsonWriter(head))
         {

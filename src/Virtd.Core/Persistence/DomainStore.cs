@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization.Metadata;
 using Microsoft.Extensions.Logging;
 using Virtd.Core.Domains;
 
@@ -27,13 +28,13 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
         byte[] bytes;
         if (_unknown.TryGetValue(definition.Name, out var kept))
         {
-            var node = JsonSerializer.SerializeToNode(definition, VirtdJson.Options)!.AsObject();
+            var node = JsonSerializer.SerializeToNode(definition, VirtdJson.Definition)!.AsObject();
             foreach (var (name, value) in kept) node.TryAdd(name, value?.DeepClone());
-            bytes = JsonSerializer.SerializeToUtf8Bytes(node, VirtdJson.Indented);
+            bytes = JsonSerializer.SerializeToUtf8Bytes(node, VirtdJson.Info<JsonObject>(VirtdJson.Indented));
         }
         else
         {
-            bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Indented);
+            bytes = JsonSerializer.SerializeToUtf8Bytes(definition, VirtdJson.Info<DomainDefinition>(VirtdJson.Indented));
         }
         try { AtomicFile.Write(PathOf(definition.Name), bytes, mode: AtomicFile.OwnerOnly); }
         catch (DirectorySyncException e)
@@ -134,7 +135,7 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
         if (unknown.Count > 0)
             log.LogWarning("definition file {File} has fields this version does not know: {Fields} (top-level ones are kept, nested ones dropped at the next save)",
                 file, string.Join(", ", unknown));
-        return root.Deserialize<DomainDefinition>(VirtdJson.Options);
+        return root.Deserialize(VirtdJson.Definition);
     }
 
     /// <summary>Removes the members of <paramref name="obj"/> that <paramref name="type"/> has no property for, recursing into known objects and lists.</summary>
@@ -152,22 +153,18 @@ public sealed class DomainStore(string directory, ILogger<DomainStore> log)
                 if (keep) (taken ??= [])[name] = value?.DeepClone();
                 continue;
             }
-            var element = ElementType(propertyType);
-            if (value is JsonObject child && Nested(propertyType) is { } nested)
-                TakeUnknown(child, nested, $"{path}{name}.", unknown, keep: false);
-            else if (value is JsonArray items && element is not null && Nested(element) is { } itemType)
+            var property = VirtdJson.Options.GetTypeInfo(propertyType);
+            if (value is JsonObject child && property.Kind == JsonTypeInfoKind.Object)
+                TakeUnknown(child, propertyType, $"{path}{name}.", unknown, keep: false);
+            else if (value is JsonArray items && property is { Kind: JsonTypeInfoKind.Enumerable, ElementType: { } element }
+                     && VirtdJson.Options.GetTypeInfo(element).Kind == JsonTypeInfoKind.Object)
             {
                 for (var i = 0; i < items.Count; i++)
-                    if (items[i] is JsonObject item) TakeUnknown(item, itemType, $"{path}{name}[{i}].", unknown, keep: false);
+                    if (items[i] is JsonObject item) TakeUnknown(item, element, $"{path}{name}[{i}].", unknown, keep: false);
             }
         }
         return taken;
     }
-
-    private static Type? ElementType(Type t) => t.IsGenericType && t.GetGenericTypeDefinition() == typeof(IReadOnlyList<>) ? t.GetGenericArguments()[0] : null;
-
-    /// <summary>The record types a definition nests (boot, disks, nics, simulation).</summary>
-    private static Type? Nested(Type t) => t.IsClass && t != typeof(string) && t.Namespace == typeof(DomainDefinition).Namespace ? t : null;
 
     /// <summary>Moves an unusable file aside; a failure to do so is logged, never fatal (the file is then left where it is and skipped).</summary>
     private string SetAside(string file)

@@ -29,4 +29,28 @@ public sealed class DefaultValuesTests
         }
         Assert.True(checkedProperties >= 7, $"only {checkedProperties} properties have [DefaultValue]");
     }
+
+    /// <summary>
+    /// A body that leaves a property out gets its default: the source-generated JSON metadata must not reset it to 0
+    /// (it would for an init-only property, which it fills in one object initializer).
+    /// </summary>
+    [Fact]
+    public void AnAbsentProperty_IsReadAsItsDefault()
+    {
+        var checkedProperties = 0;
+        foreach (var type in typeof(DomainDefinition).Assembly.GetExportedTypes().Where(t => t is { IsClass: true, IsAbstract: false }))
+        {
+            var properties = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+                .Select(p => (Property: p, Default: p.GetCustomAttribute<DefaultValueAttribute>())).Where(p => p.Default is not null).ToList();
+            if (properties.Count == 0) continue;
+            var read = System.Text.Json.JsonSerializer.Deserialize("{}", VirtdJson.Options.GetTypeInfo(type))!;
+            foreach (var (property, attribute) in properties)
+            {
+                Assert.True(Equals(attribute!.Value, property.GetValue(read)),
+                    $"{type.Name}.{property.Name}: [DefaultValue({attribute.Value})] but {{}} reads as {property.GetValue(read)}");
+                checkedProperties++;
+            }
+        }
+        Assert.True(checkedProperties >= 7, $"only {checkedProperties} properties have [DefaultValue]");
+    }
 }

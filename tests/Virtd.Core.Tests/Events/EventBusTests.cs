@@ -23,7 +23,7 @@ public sealed class EventBusTests
 
     /// <summary>Publishes <paramref name="count"/> job.queued events for domain "a" and returns their ids.</summary>
     private static long[] PublishMany(EventBus bus, int count) =>
-        Enumerable.Range(0, count).Select(i => bus.Publish(EventTypes.JobQueued, "a", new { i }).Id).ToArray();
+        Enumerable.Range(0, count).Select(i => bus.Publish(EventTypes.JobQueued, "a", new System.Text.Json.Nodes.JsonObject { ["i"] = i }).Id).ToArray();
 
     [Fact]
     public void Publish_AssignsConsecutiveIdsFromTheRunsFirstId()
@@ -57,7 +57,7 @@ public sealed class EventBusTests
         // Offsets 1..12: alternating job and domain events, every third one for domain b.
         var ids = new long[13];
         for (var i = 1; i <= 12; i++)
-            ids[i] = bus.Publish(i % 2 == 0 ? EventTypes.JobQueued : EventTypes.DomainLifecycle, i % 3 == 0 ? "b" : "a", new { i }).Id;
+            ids[i] = bus.Publish(i % 2 == 0 ? EventTypes.JobQueued : EventTypes.DomainLifecycle, i % 3 == 0 ? "b" : "a", new System.Text.Json.Nodes.JsonObject { ["i"] = i }).Id;
 
         using var sub = bus.Subscribe(Filter(domains: ["a"], types: ["job."]), lastEventId: ids[4]);
 
@@ -67,9 +67,9 @@ public sealed class EventBusTests
         Assert.Equal(ids[12], sub.Start);
 
         // Live events continue with no gap and no duplicate, filtered the same way.
-        bus.Publish(EventTypes.DomainLifecycle, "a", new { });
-        bus.Publish(EventTypes.JobStarted, "b", new { });
-        var wanted = bus.Publish(EventTypes.JobFinished, "a", new { });
+        bus.Publish(EventTypes.DomainLifecycle, "a", new System.Text.Json.Nodes.JsonObject());
+        bus.Publish(EventTypes.JobStarted, "b", new System.Text.Json.Nodes.JsonObject());
+        var wanted = bus.Publish(EventTypes.JobFinished, "a", new System.Text.Json.Nodes.JsonObject());
         var live = await ReadAsync(sub, 1);
         Assert.Equal(wanted.Id, live[0].Id);
         Assert.False(sub.Reader.TryRead(out _));
@@ -122,7 +122,7 @@ public sealed class EventBusTests
         Assert.True(sub.ResyncFirst);
         Assert.Empty(sub.Replay); // the client re-lists: a partial replay would be of no use
         Assert.Equal(ids[^1], sub.Start);
-        var next = bus.Publish(EventTypes.JobQueued, "a", new { });
+        var next = bus.Publish(EventTypes.JobQueued, "a", new System.Text.Json.Nodes.JsonObject());
         Assert.Equal(next.Id, (await ReadAsync(sub, 1))[0].Id);
     }
 
@@ -181,7 +181,7 @@ public sealed class EventBusTests
         {
             for (var i = 0; i < 100; i++)
             {
-                ids.Add(bus.Publish(EventTypes.JobQueued, "a", new { i }).Id);
+                ids.Add(bus.Publish(EventTypes.JobQueued, "a", new System.Text.Json.Nodes.JsonObject { ["i"] = i }).Id);
                 // Give the reading subscriber room so that only the stalled one overflows.
                 SpinWait.SpinUntil(() => reader.Reader.Count < 4, CoreHarness.Patience);
             }
@@ -210,8 +210,8 @@ public sealed class EventBusTests
         using var byName = bus.Subscribe(Filter(domains: ["vm"]), null);
         using var daemon = bus.Subscribe(Filter(types: ["daemon."]), null);
 
-        var mine = bus.Publish(EventTypes.JobQueued, "vm", new { }, uuid);
-        bus.Publish(EventTypes.JobQueued, "other", new { }, Guid.NewGuid());
+        var mine = bus.Publish(EventTypes.JobQueued, "vm", new System.Text.Json.Nodes.JsonObject(), uuid);
+        bus.Publish(EventTypes.JobQueued, "other", new System.Text.Json.Nodes.JsonObject(), Guid.NewGuid());
         var state = bus.Publish(EventTypes.DaemonState, null, new DaemonEventData("ready"));
 
         Assert.True(byUuid.Reader.TryRead(out var a) && a.Id == mine.Id && !byUuid.Reader.TryRead(out _));
@@ -245,7 +245,7 @@ public sealed class EventBusTests
         Assert.Equal("succeeded", j.GetProperty("state").GetString());
         Assert.False(j.TryGetProperty("errorCode", out _)); // nulls are left out, as everywhere in the API
 
-        var empty = JsonDocument.Parse(bus.Publish("x", null, new { }).Json).RootElement;
+        var empty = JsonDocument.Parse(bus.Publish("x", null, new System.Text.Json.Nodes.JsonObject()).Json).RootElement;
         Assert.Equal(["id", "type", "time"], empty.EnumerateObject().Select(p => p.Name));
     }
 
@@ -257,7 +257,7 @@ public sealed class EventBusTests
         Assert.Equal(1, bus.SubscriberCount);
 
         sub.Dispose();
-        bus.Publish(EventTypes.JobQueued, "a", new { });
+        bus.Publish(EventTypes.JobQueued, "a", new System.Text.Json.Nodes.JsonObject());
 
         Assert.Equal(0, bus.SubscriberCount);
         Assert.False(sub.Reader.TryRead(out _));
