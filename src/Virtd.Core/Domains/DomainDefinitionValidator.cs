@@ -39,15 +39,15 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
             .Matches(NameRegex).WithMessage($"must match {NamePattern}")
             .Must(n => !Guid.TryParse(n, out _)).WithMessage("must not be a UUID: an id that parses as a UUID addresses a domain by its UUID");
         RuleFor(d => d.Uuid).Must(u => u != Guid.Empty).WithMessage("must not be the nil UUID");
-        RuleFor(d => d.Driver).IsInEnum();
+        RuleFor(d => d.Driver).IsDefinedEnum();
         RuleFor(d => d.Vcpus).InclusiveBetween(1, maxVcpus)
             .WithMessage($"must be between 1 and {maxVcpus} (host CPUs × 4, at most 256)");
         RuleFor(d => d.MemoryMiB).InclusiveBetween(MinMemoryMiB, MaxMemoryMiB)
             .WithMessage($"is required and must be between {MinMemoryMiB} and {MaxMemoryMiB}");
-        RuleFor(d => d.Machine).IsInEnum();
-        RuleFor(d => d.OnPoweroff).IsInEnum();
-        RuleFor(d => d.OnReboot).IsInEnum();
-        RuleFor(d => d.OnCrash).IsInEnum();
+        RuleFor(d => d.Machine).IsDefinedEnum();
+        RuleFor(d => d.OnPoweroff).IsDefinedEnum();
+        RuleFor(d => d.OnReboot).IsDefinedEnum();
+        RuleFor(d => d.OnCrash).IsDefinedEnum();
         RuleFor(d => d.Description).MaximumLength(MaxDescription)
             .WithMessage($"must be at most {MaxDescription} characters");
 
@@ -66,15 +66,15 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
                 disk.RuleFor(x => x.Volume).Must(v => Storage.VolumeRef.TryParse(v, out _, out _))
                     .WithMessage($"must be '<pool>/<volume>'").When(x => x.Volume is not null);
             }
-            disk.RuleFor(x => x.Format).IsInEnum();
-            disk.RuleFor(x => x.Bus).IsInEnum();
+            disk.RuleFor(x => x.Format).IsDefinedEnum();
+            disk.RuleFor(x => x.Bus).IsDefinedEnum();
         });
 
         RuleFor(d => d.Nics).NotNull().WithMessage("must be a list")
             .Must(l => l is null || l.Count <= MaxNics).WithMessage($"must have at most {MaxNics} entries");
         RuleForEach(d => d.Nics).NotNull().WithMessage("must not be null").ChildRules(nic =>
         {
-            nic.RuleFor(x => x.Mode).IsInEnum();
+            nic.RuleFor(x => x.Mode).IsDefinedEnum();
         });
 
         When(d => d.Boot is not null, () =>
@@ -133,4 +133,19 @@ public sealed class DomainDefinitionValidator : AbstractValidator<DomainDefiniti
         var parts = trimmed.Split('.', StringSplitOptions.RemoveEmptyEntries);
         return string.Join('.', parts.Select(p => p.Length > 0 ? char.ToLowerInvariant(p[0]) + p[1..] : p));
     }
+}
+
+/// <summary>
+/// An enum value that names a member. FluentValidation's own <c>IsInEnum()</c> reads an enum's values through
+/// <c>Enum.GetValues(Type)</c> (for flag enums), which Native AOT cannot promise; <see cref="Enum.IsDefined{TEnum}(TEnum)"/> can.
+/// </summary>
+internal static class EnumRules
+{
+    private const string Message = "'{PropertyValue}' is not one of its values";
+
+    public static IRuleBuilderOptions<T, TEnum> IsDefinedEnum<T, TEnum>(this IRuleBuilder<T, TEnum> rule) where TEnum : struct, Enum =>
+        rule.Must(v => Enum.IsDefined(v)).WithMessage(Message);
+
+    public static IRuleBuilderOptions<T, TEnum?> IsDefinedEnum<T, TEnum>(this IRuleBuilder<T, TEnum?> rule) where TEnum : struct, Enum =>
+        rule.Must(v => v is not { } value || Enum.IsDefined(value)).WithMessage(Message);
 }

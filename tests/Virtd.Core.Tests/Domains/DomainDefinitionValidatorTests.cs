@@ -190,6 +190,14 @@ public sealed class DomainDefinitionValidatorTests : IDisposable
     public void Validate_WhenMachineIsUnknown_RejectsMachine() => AssertOnlyKey("machine", Valid with { Machine = (MachineType)9 });
 
     [Fact]
+    public void Validate_WhenANullableOrNestedEnumIsUnknown_RejectsThatField()
+    {
+        AssertOnlyKey("driver", Valid with { Driver = (DriverKind)7 });
+        AssertOnlyKey("onCrash", Valid with { OnCrash = (LifecycleAction)5 });
+        AssertValid(Valid with { Driver = null });
+    }
+
+    [Fact]
     public void Validate_WhenKernelIsOutsideThePools_RejectsBootKernel() =>
         AssertOnlyKey("boot.kernel", Valid with { Boot = new BootConfig { Kernel = "/etc/hostname" } });
 
