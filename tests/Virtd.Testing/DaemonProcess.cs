@@ -52,21 +52,23 @@ public sealed class DaemonProcess : IAsyncDisposable
     /// <c>systemd</c>: the parent is a bash run through a link named <c>systemd</c> (so its comm, what the library reads,
     /// is <c>systemd</c>); it passes SIGTERM and SIGINT on to the daemon and exits with its code.
     /// </param>
+    /// <param name="executable">A published daemon to run as it is (the Native AOT binary of scripts/publish) instead of <c>dotnet virtd.dll</c>.</param>
     public static DaemonProcess Start(IEnumerable<string>? args = null, IDictionary<string, string>? environment = null,
-        string? stateDirectory = null, string? runDirectory = null, string url = "http://127.0.0.1:{port}", bool underSystemd = false)
+        string? stateDirectory = null, string? runDirectory = null, string url = "http://127.0.0.1:{port}", bool underSystemd = false,
+        string? executable = null)
     {
-        var daemon = Path.Combine(AppContext.BaseDirectory, "virtd.dll");
+        var daemon = executable ?? Path.Combine(AppContext.BaseDirectory, "virtd.dll");
         if (!File.Exists(daemon)) throw new FileNotFoundException("the daemon is not built next to the tests", daemon);
         var port = FreePort();
         var state = stateDirectory ?? TestDirectories.Create("virtd-proc-");
         var run = runDirectory ?? TestDirectories.Create("virtd-run-");
 
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        var psi = new ProcessStartInfo(executable ?? Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            WorkingDirectory = AppContext.BaseDirectory,
+            WorkingDirectory = executable is null ? AppContext.BaseDirectory : Path.GetDirectoryName(executable)!,
         };
         var urls = url.Replace("{port}", port.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
         var first = urls.Split(';')[0];
@@ -80,7 +82,8 @@ public sealed class DaemonProcess : IAsyncDisposable
             psi.FileName = systemd;
             foreach (var a in new[] { "-c", SystemdParent, "systemd" }) psi.ArgumentList.Insert(psi.ArgumentList.Count - 1, a);
         }
-        foreach (var a in new[] { daemon, "--urls", urls, "--StateDirectory", state, "--RunDirectory", run })
+        if (executable is null) psi.ArgumentList.Add(daemon);
+        foreach (var a in new[] { "--urls", urls, "--StateDirectory", state, "--RunDirectory", run })
             psi.ArgumentList.Add(a);
         foreach (var a in args ?? []) psi.ArgumentList.Add(a);
         // Only what the test gives: nothing of the test runner's own VIRTD_ or ASP.NET settings leaks in.

@@ -1,0 +1,192 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Virtd.Testing;
+
+namespace Virtd.Aot.Tests;
+
+/// <summary>
+/// The Native AOT binary of scripts/publish, run as users run it, against real QEMU; each test also runs the JIT build
+/// (<c>dotnet virtd.dll</c>) the same way, so that a difference between the two builds fails here and says which.
+/// </summary>
+[Collection(AotCollection.Name)]
+public sealed class AotDaemonTests
+{
+    public static TheoryData<string> Builds => new() { "aot", "jit" };
+
+    private static DaemonProcess Start(string build, IEnumerable<string>? args = null)
+    {
+        var common = new List<string>
+        {
+            "--DefaultDriver", "qemu",
+            "--Storage:Pools:guest", TestGuestImage.Directory,
+            "--Logging:LogLevel:Default", "Warning",
+        };
+        common.AddRange(args ?? []);
+        return DaemonProcess.Start(common, executable: build == "aot" ? PublishedBinary.Path : null);
+    }
+
+    private static object TestGuest(string name) => new
+    {
+        name,
+        memoryMiB = 128,
+        boot = new { kernel = TestGuestImage.Kernel, initrd = TestGuestImage.Initrd, cmdline = TestGuestImage.Cmdline },
+    };
+
+    [Theory]
+    [MemberData(nameof(Builds))]
+    public async Task Lifecycle_OfARealGuest_WithItsEvents(string build)
+    {
+        await using var daemon = Start(build);
+        await daemon.WaitReadyAsync();
+        try
+        {
+            await using var events = await SseClient.OpenAsync(daemon.Http, "/api/v1/events?domain=guest&types=domain.lifecycle");
+            var defined = await daemon.Http.DefineAsync(TestGuest("guest"));
+            Assert.Equal("shut-off", defined.Str("state"));
+
+            foreach (var (action, state) in new[] { ("start", "running"), ("suspend", "paused"), ("resume", "running"), ("destroy", "shut-off") })
+            {
+                var job = await daemon.Http.ActAsync("guest", action, wait: 120);
+                Assert.True(job.Str("state") == "succeeded", $"{build}: {action} failed: {job}");
+                Assert.Equal(state, await daemon.Http.StateOfAsync("guest"));
+                // Each change is told on the stream, with the state after it.
+                var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+                SseFrame frame;
+                do frame = await events.NextEventAsync(deadline - DateTime.UtcNow);
+                while (frame.Str("state") != state);
+                Assert.Equal("domain.lifecycle", frame.Type);
+                Assert.Equal("guest", frame.Str("domain"));
+            }
+        }
+        finally
+        {
+            KillGuests(daemon);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Builds))]
+    public async Task BadDefinitions_Are400ProblemJson_AndStoreNothing(string build)
+    {
+        await using var daemon = Start(build);
+        await daemon.WaitReadyAsync();
+
+        using var wrongType = await daemon.Http.PostAsync("/api/v1/domains",
+            new StringContent("""{"name":"bad","memoryMiB":"lots"}""", Encoding.UTF8, "application/json"));
+        var problem = await wrongType.AssertProblemAsync(HttpStatusCode.BadRequest, "validation-failed");
+        Assert.Contains("memoryMiB", problem.ToString());
+
+        // A value of the right type that the validator refuses (FluentValidation): the field is named in errors.
+        using var tooSmall = await daemon.Http.PostAsJsonAsync("/api/v1/domains", new { name = "bad", memoryMiB = 1 });
+        var refused = await tooSmall.AssertProblemAsync(HttpStatusCode.BadRequest, "validation-failed");
+        Assert.True(refused.GetProperty("errors").TryGetProperty("memoryMiB", out _), $"{build}: {refused}");
+
+        using var unknown = await daemon.Http.PostAsync("/api/v1/domains",
+            new StringContent("""{"name":"bad","memoryMiB":64,"colour":"blue"}""", Encoding.UTF8, "application/json"));
+        await unknown.AssertProblemAsync(HttpStatusCode.BadRequest, "validation-failed");
+
+        using var list = await daemon.Http.GetAsync("/api/v1/domains");
+        Assert.Equal(0, (await list.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("count").GetInt32());
+    }
+
+    [Theory]
+    [MemberData(nameof(Builds))]
+    public async Task Sigterm_ExitsZero(string build)
+    {
+        await using var daemon = Start(build);
+        await daemon.WaitReadyAsync();
+        await daemon.Http.DefineAsync(new { name = "kept", memoryMiB = 64 });
+
+        daemon.Terminate();
+
+        Assert.Equal(0, await daemon.WaitExitAsync(TimeSpan.FromSeconds(30)));
+        Assert.True(File.Exists(Path.Combine(daemon.StateDirectory, "domains", "kept.json")), $"{build}: the definition was not kept");
+    }
+
+    [Theory]
+    [MemberData(nameof(Builds))]
+    public async Task OpenApiDocument_Served_EqualsTheCommittedOne(string build)
+    {
+        await using var daemon = Start(build);
+        await daemon.WaitReadyAsync();
+
+        var served = JsonNode.Parse(await daemon.Http.GetStringAsync("/openapi/v1.json"))!.AsObject();
+        var committed = JsonNode.Parse(await File.ReadAllTextAsync(RepositoryFiles.OpenApiDocument))!.AsObject();
+
+        // The one thing that depends on the request: a served document names the daemon that served it (the committed one, "/").
+        Assert.Equal(daemon.Http.BaseAddress!.ToString(), (string?)served["servers"]![0]!["url"]);
+        served.Remove("servers");
+        committed.Remove("servers");
+
+        Assert.True(JsonNode.DeepEquals(served, committed),
+            $"{build}: the served OpenAPI document differs from openapi/virtd.v1.json at {FirstDifference(served, committed, "$")}");
+    }
+
+    /// <summary>Where two JSON trees first differ, with both values.</summary>
+    private static string FirstDifference(JsonNode? a, JsonNode? b, string path)
+    {
+        switch (a, b)
+        {
+            case (JsonObject x, JsonObject y):
+                foreach (var name in x.Select(p => p.Key).Union(y.Select(p => p.Key)))
+                {
+                    if (!x.ContainsKey(name)) return $"{path}.{name}: only in the committed one";
+                    if (!y.ContainsKey(name)) return $"{path}.{name}: only in the served one: {x[name]?.ToJsonString()[..Math.Min(300, x[name]?.ToJsonString().Length ?? 0)]}";
+                    if (!JsonNode.DeepEquals(x[name], y[name])) return FirstDifference(x[name], y[name], $"{path}.{name}");
+                }
+                return path + ": the same members in another order";
+            case (JsonArray x, JsonArray y):
+                for (var i = 0; i < Math.Min(x.Count, y.Count); i++)
+                    if (!JsonNode.DeepEquals(x[i], y[i])) return FirstDifference(x[i], y[i], $"{path}[{i}]");
+                return $"{path}: {x.Count} items served, {y.Count} committed";
+            default:
+                return $"{path}: served {a?.ToJsonString()}, committed {b?.ToJsonString()}";
+        }
+    }
+
+    private static void KillGuests(DaemonProcess daemon)
+    {
+        foreach (var status in Directory.EnumerateFiles(daemon.RunDirectory, "*.json", SearchOption.AllDirectories))
+        {
+            try
+            {
+                var pid = JsonDocument.Parse(File.ReadAllText(status)).RootElement.GetProperty("pid").GetInt32();
+                Process.GetProcessById(pid).Kill();
+            }
+            catch (Exception e) when (e is IOException or JsonException or KeyNotFoundException or ArgumentException or InvalidOperationException) { }
+        }
+    }
+}
+
+/// <summary>Daemons that run TCG guests take turns: the machine has two cores.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class AotCollection
+{
+    public const string Name = "published daemon";
+}
+
+/// <summary>The binary scripts/publish writes (cached by the hash of its inputs: quick when nothing changed).</summary>
+public static class PublishedBinary
+{
+    private static readonly Lazy<string> Built = new(Publish);
+
+    public static string Path => Built.Value;
+
+    private static string Publish()
+    {
+        var script = RepositoryFiles.Find(System.IO.Path.Combine("scripts", "publish"));
+        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(15))) throw new TimeoutException("scripts/publish took over 15 minutes");
+        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/publish failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
+        var line = stdout.Result.Split('\n').Select(l => l.Trim()).LastOrDefault(l => l.StartsWith("virtd=", StringComparison.Ordinal))
+            ?? throw new InvalidOperationException("scripts/publish printed no 'virtd=' line: " + stdout.Result);
+        return line["virtd=".Length..];
+    }
+}
