@@ -1,12 +1,17 @@
 using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using Virtd.Core;
+using Virtd.Core.Persistence;
 using Virtd.Drivers.Qemu.Monitor;
 
 namespace Virtd.Drivers.Qemu;
 
 /// <summary>What QEMU said about itself at start (libvirt's capabilities probe), kept for the daemon's life.</summary>
 public sealed record QemuCapabilities(string Version, string? Package, IReadOnlyList<string> Machines, bool Sandbox);
+
+/// <summary>A probe's answer as kept on disk, with the identity of the binary that gave it.</summary>
+internal sealed record QemuCapabilitiesCache(string Binary, Native.FileIdentity Identity, QemuCapabilities Capabilities);
 
 /// <summary>Finds the QEMU binary and asks it, once, what it is and can do.</summary>
 public static class QemuDiscovery
@@ -69,18 +74,55 @@ public static class QemuDiscovery
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string, DateTime, long), QemuCapabilities> Probed = new();
 
     /// <summary>
-    /// What <paramref name="binary"/> can do: probed once per binary (path, size and modification time), so
-    /// several daemons in one process (tests) ask QEMU only once.
+    /// What <paramref name="binary"/> can do. Asking QEMU means starting it (40–50 ms here, most of a restart's time), so
+    /// the answer is kept in <paramref name="cacheFile"/> with the binary's identity (device, inode, size, change and
+    /// modification times), as libvirt keeps its capabilities: the next daemon reads it instead, and a QEMU that was
+    /// upgraded or replaced no longer matches and is asked again. Also kept in memory per binary, so several daemons
+    /// in one process (tests) ask QEMU only once.
     /// </summary>
-    public static async Task<QemuCapabilities> ProbeAsync(string binary, CancellationToken cancellationToken)
+    public static async Task<QemuCapabilities> ProbeAsync(string binary, string? cacheFile, CancellationToken cancellationToken)
     {
+        var identity = Native.Users.Identify(binary);
+        if (cacheFile is not null && identity is { } id && ReadCache(cacheFile, binary, id) is { } cached) return cached;
         var file = new FileInfo(binary);
         var key = (file.FullName, file.LastWriteTimeUtc, file.Length);
-        if (Probed.TryGetValue(key, out var known)) return known;
-        var caps = await ProbeUncachedAsync(binary, cancellationToken).ConfigureAwait(false);
-        Probed[key] = caps;
+        if (!Probed.TryGetValue(key, out var caps))
+        {
+            caps = await ProbeUncachedAsync(binary, cancellationToken).ConfigureAwait(false);
+            Probed[key] = caps;
+        }
+        if (cacheFile is not null && identity is { } known) WriteCache(cacheFile, new QemuCapabilitiesCache(Path.GetFullPath(binary), known, caps));
         return caps;
     }
+
+    private static QemuCapabilities? ReadCache(string cacheFile, string binary, Native.FileIdentity identity)
+    {
+        try
+        {
+            var cache = JsonSerializer.Deserialize(File.ReadAllBytes(cacheFile), CacheInfo);
+            return cache is not null && cache.Binary == Path.GetFullPath(binary) && cache.Identity == identity ? cache.Capabilities : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or NotSupportedException)
+        {
+            return null; // absent or unreadable: probe
+        }
+    }
+
+    private static void WriteCache(string cacheFile, QemuCapabilitiesCache cache)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(cacheFile)!);
+            AtomicFile.Write(cacheFile, JsonSerializer.SerializeToUtf8Bytes(cache, CacheInfo), durable: false);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A cache only: the next start probes again.
+        }
+    }
+
+    private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<QemuCapabilitiesCache> CacheInfo =
+        VirtdJson.Info<QemuCapabilitiesCache>(VirtdJson.Configure(new JsonSerializerOptions(), [QemuJson.Default]));
 
     /// <summary>
     /// Starts QEMU with no machine and its monitor on stdio, reads version, machine types and whether

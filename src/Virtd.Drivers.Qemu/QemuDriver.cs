@@ -53,6 +53,9 @@ public sealed class QemuDriver : IHypervisorDriver
 
     public string LogDirectory => Path.Combine(_virtd.StateDirectory, "log");
 
+    /// <summary>What the QEMU binary answered when it was last probed, with its identity (see <see cref="QemuDiscovery.ProbeAsync"/>).</summary>
+    public string CapabilitiesCache => Path.Combine(_virtd.StateDirectory, "cache", "qemu-capabilities.json");
+
     public HypervisorInfo Info
     {
         get
@@ -94,7 +97,7 @@ public sealed class QemuDriver : IHypervisorDriver
             probeTimeout.CancelAfter(TimeSpan.FromSeconds(10));
             try
             {
-                _caps = await QemuDiscovery.ProbeAsync(_binary, probeTimeout.Token).ConfigureAwait(false);
+                _caps = await QemuDiscovery.ProbeAsync(_binary, CapabilitiesCache, probeTimeout.Token).ConfigureAwait(false);
                 _log.LogInformation("QEMU {Version} at {Binary}: accel {Accel}, sandbox {Sandbox}, probed in {Ms:0} ms",
                     _caps.Version, _binary, _accel, _caps.Sandbox, sw.Elapsed.TotalMilliseconds);
             }

@@ -97,4 +97,5 @@ internal static class QemuLog
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(QemuStatusFile))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(QemuCapabilitiesCache))]
 internal sealed partial class QemuJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -178,6 +178,36 @@ public class QemuLifecycleTests
     }
 
     [Fact]
+    public async Task QemusCapabilities_AreKeptWithTheBinarysIdentity_AndTheNextDaemonReadsThemInsteadOfStartingQemu()
+    {
+        static async Task<string?> VersionAsync(QemuApp q) =>
+            VirtdHttp.Parse(await (await q.Http.GetAsync("/api/v1/host")).Content.ReadAsStringAsync())
+                .GetProperty("hypervisors").EnumerateArray().Single(h => h.Str("driver") == "qemu").Str("version");
+        string state, version;
+        await using (var first = new QemuApp())
+        {
+            state = first.App.StateDirectory;
+            version = (await VersionAsync(first))!;
+        }
+        var cache = Path.Combine(state, "cache", "qemu-capabilities.json");
+        var kept = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(cache))!;
+        Assert.Equal(version, (string?)kept["capabilities"]!["version"]);
+
+        // While the binary is the same file, the next daemon takes the kept answer (here made recognisable) without asking QEMU.
+        kept["capabilities"]!["version"] = "99.0.0";
+        File.WriteAllText(cache, kept.ToJsonString());
+        await using (var second = new QemuApp(stateDirectory: state))
+            Assert.Equal("99.0.0", await VersionAsync(second));
+
+        // A binary with another identity (an upgrade replaces the file) is asked again, and the cache is rewritten.
+        kept["identity"]!["inode"] = (ulong)kept["identity"]!["inode"]! + 1;
+        File.WriteAllText(cache, kept.ToJsonString());
+        await using (var third = new QemuApp(stateDirectory: state))
+            Assert.Equal(version, await VersionAsync(third));
+        Assert.Equal(version, (string?)System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(cache))!["capabilities"]!["version"]);
+    }
+
+    [Fact]
     public async Task HungVm_GracefulDestroyFails_SuspendTimesOut_DefaultDestroyKills_WhileOthersStayResponsive()
     {
         await using var q = new QemuApp();

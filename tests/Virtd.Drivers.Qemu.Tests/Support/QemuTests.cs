@@ -24,10 +24,12 @@ public sealed class QemuApp : IAsyncDisposable
     /// <param name="testGuest">Also allow the test guest's kernel and initrd (its directory becomes a second storage pool).</param>
     /// <param name="kestrel">Serve on real Kestrel on a loopback port (<see cref="Address"/>), where a guest's user NIC reaches it.</param>
     /// <param name="services">Changes to the daemon's services (an in-memory trace exporter, say).</param>
-    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false, bool kestrel = false, Action<IServiceCollection>? services = null)
+    /// <param name="stateDirectory">Reuse a state directory (a restart); a new one when null.</param>
+    public QemuApp(IDictionary<string, string?>? settings = null, bool testGuest = false, bool kestrel = false, Action<IServiceCollection>? services = null,
+        string? stateDirectory = null)
     {
         QemuHost.RequireQemu();
-        var state = TestDirectories.Create("virtd-qemu-");
+        var state = stateDirectory ?? TestDirectories.Create("virtd-qemu-");
         var all = new Dictionary<string, string?>
         {
             ["DefaultDriver"] = "qemu",
