@@ -64,7 +64,7 @@ public sealed class AotDaemonTests
         }
         finally
         {
-            KillGuests(daemon);
+            VmProcesses.KillAll(daemon.RunDirectory);
         }
     }
 
@@ -147,19 +147,6 @@ public sealed class AotDaemonTests
                 return $"{path}: served {a?.ToJsonString()}, committed {b?.ToJsonString()}";
         }
     }
-
-    private static void KillGuests(DaemonProcess daemon)
-    {
-        foreach (var status in Directory.EnumerateFiles(daemon.RunDirectory, "*.json", SearchOption.AllDirectories))
-        {
-            try
-            {
-                var pid = JsonDocument.Parse(File.ReadAllText(status)).RootElement.GetProperty("pid").GetInt32();
-                Process.GetProcessById(pid).Kill();
-            }
-            catch (Exception e) when (e is IOException or JsonException or KeyNotFoundException or ArgumentException or InvalidOperationException) { }
-        }
-    }
 }
 
 /// <summary>Daemons that run TCG guests take turns: the machine has two cores.</summary>
@@ -172,21 +159,8 @@ public sealed class AotCollection
 /// <summary>The binary scripts/publish writes (cached by the hash of its inputs: quick when nothing changed).</summary>
 public static class PublishedBinary
 {
-    private static readonly Lazy<string> Built = new(Publish);
+    private static readonly Lazy<string> Built = new(() =>
+        RepositoryFiles.RunScript(System.IO.Path.Combine("scripts", "publish"), TimeSpan.FromMinutes(15))("virtd"));
 
     public static string Path => Built.Value;
-
-    private static string Publish()
-    {
-        var script = RepositoryFiles.Find(System.IO.Path.Combine("scripts", "publish"));
-        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(15))) throw new TimeoutException("scripts/publish took over 15 minutes");
-        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/publish failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
-        var line = stdout.Result.Split('\n').Select(l => l.Trim()).LastOrDefault(l => l.StartsWith("virtd=", StringComparison.Ordinal))
-            ?? throw new InvalidOperationException("scripts/publish printed no 'virtd=' line: " + stdout.Result);
-        return line["virtd=".Length..];
-    }
 }

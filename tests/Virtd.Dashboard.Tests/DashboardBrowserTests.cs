@@ -233,22 +233,8 @@ public sealed partial class DashboardBrowserTests
         {
             if (second is not null) await second.DisposeAsync();
             await first.DisposeAsync();
-            KillQemu(run);
+            VmProcesses.KillAll(run);
         }
     }
 
-    /// <summary>QEMU of the daemon of <paramref name="runDirectory"/> outlives it by design: end it after the test.</summary>
-    internal static void KillQemu(string runDirectory)
-    {
-        var marker = $"VIRTD_RUN_DIRECTORY={runDirectory}";
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
-            try
-            {
-                if (File.ReadAllText(Path.Combine(dir, "environ")).Split('\0').Contains(marker)) Process.GetProcessById(pid).Kill();
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException) { }
-        }
-    }
 }

@@ -15,4 +15,25 @@ public static class RepositoryFiles
         }
         throw new FileNotFoundException($"{relativePath} not found above {AppContext.BaseDirectory}");
     }
+
+    /// <summary>
+    /// Runs the repository's script <paramref name="relativePath"/> (scripts/build-test-guest, scripts/publish) and returns
+    /// the value of its last <c>key=</c> line; throws with the script's output when it fails, runs past
+    /// <paramref name="timeout"/> or prints no such line.
+    /// </summary>
+    public static Func<string, string> RunScript(string relativePath, TimeSpan timeout)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(Find(relativePath))
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeout)) throw new TimeoutException($"{relativePath} took over {timeout}");
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{relativePath} failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
+        var lines = stdout.Result.Split('\n').Select(l => l.Trim()).ToList();
+        return key => lines.LastOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
+            ?? throw new InvalidOperationException($"{relativePath} printed no '{key}=' line: {stdout.Result}");
+    }
 }

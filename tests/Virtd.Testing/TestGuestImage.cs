@@ -1,4 +1,3 @@
-using System.Diagnostics;
 
 namespace Virtd.Testing;
 
@@ -23,17 +22,8 @@ public static class TestGuestImage
 
     private static (string, string) Build()
     {
-        var script = RepositoryFiles.Find(Path.Combine("scripts", "build-test-guest"));
-        var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) throw new TimeoutException("scripts/build-test-guest took over 5 minutes");
-        if (p.ExitCode != 0) throw new InvalidOperationException($"scripts/build-test-guest failed ({p.ExitCode}): {stderr.Result}{stdout.Result}");
-        var lines = stdout.Result.Split('\n');
-        string Value(string key) => lines.Select(l => l.Trim()).FirstOrDefault(l => l.StartsWith(key + "=", StringComparison.Ordinal))?[(key.Length + 1)..]
-            ?? throw new InvalidOperationException($"scripts/build-test-guest printed no '{key}=' line: {stdout.Result}");
-        return Stage(Value("kernel"), Value("initrd"));
+        var value = RepositoryFiles.RunScript(Path.Combine("scripts", "build-test-guest"), TimeSpan.FromMinutes(5));
+        return Stage(value("kernel"), value("initrd"));
     }
 
     /// <summary>

@@ -164,7 +164,7 @@ public static class DashboardBench
         finally
         {
             await daemon.DisposeAsync();
-            KillQemu(run);
+            VmProcesses.KillAll(run);
         }
     }
 
@@ -211,17 +211,4 @@ public static class DashboardBench
         return new Figures(times.Count, times[times.Count / 2], times[(int)(times.Count * 0.99)]);
     }
 
-    private static void KillQemu(string runDirectory)
-    {
-        var marker = $"VIRTD_RUN_DIRECTORY={runDirectory}";
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
-            try
-            {
-                if (File.ReadAllText(Path.Combine(dir, "environ")).Split('\0').Contains(marker)) Process.GetProcessById(pid).Kill();
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException) { }
-        }
-    }
 }

@@ -6,6 +6,14 @@ namespace Virtd.Core.Tests.Domains;
 
 public sealed class DefaultValuesTests
 {
+    /// <summary>Every public property of Core's types that states its default with <see cref="DefaultValueAttribute"/>, by type.</summary>
+    private static IEnumerable<(Type Type, List<(PropertyInfo Property, object? Default)> Properties)> Defaulted() =>
+        typeof(DomainDefinition).Assembly.GetExportedTypes().Where(t => t is { IsClass: true, IsAbstract: false })
+            .Select(t => (t, t.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+                .Select(p => (Property: p, Attribute: p.GetCustomAttribute<DefaultValueAttribute>()))
+                .Where(p => p.Attribute is not null).Select(p => (p.Property, p.Attribute!.Value)).ToList()))
+            .Where(t => t.Item2.Count > 0);
+
     /// <summary>
     /// A <see cref="DefaultValueAttribute"/> is what the OpenAPI document gives clients as the default: it must be the
     /// value a new instance has, which is what the daemon takes when the property is absent.
@@ -14,16 +22,13 @@ public sealed class DefaultValuesTests
     public void DefaultValueAttributes_AreTheInitializersValues()
     {
         var checkedProperties = 0;
-        foreach (var type in typeof(DomainDefinition).Assembly.GetExportedTypes().Where(t => t is { IsClass: true, IsAbstract: false }))
+        foreach (var (type, properties) in Defaulted())
         {
-            var properties = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
-                .Select(p => (Property: p, Default: p.GetCustomAttribute<DefaultValueAttribute>())).Where(p => p.Default is not null).ToList();
-            if (properties.Count == 0) continue;
             var instance = Activator.CreateInstance(type)!;
-            foreach (var (property, attribute) in properties)
+            foreach (var (property, value) in properties)
             {
-                Assert.True(Equals(attribute!.Value, property.GetValue(instance)),
-                    $"{type.Name}.{property.Name}: [DefaultValue({attribute.Value})] but a new instance has {property.GetValue(instance)}");
+                Assert.True(Equals(value, property.GetValue(instance)),
+                    $"{type.Name}.{property.Name}: [DefaultValue({value})] but a new instance has {property.GetValue(instance)}");
                 checkedProperties++;
             }
         }
@@ -38,16 +43,13 @@ public sealed class DefaultValuesTests
     public void AnAbsentProperty_IsReadAsItsDefault()
     {
         var checkedProperties = 0;
-        foreach (var type in typeof(DomainDefinition).Assembly.GetExportedTypes().Where(t => t is { IsClass: true, IsAbstract: false }))
+        foreach (var (type, properties) in Defaulted())
         {
-            var properties = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
-                .Select(p => (Property: p, Default: p.GetCustomAttribute<DefaultValueAttribute>())).Where(p => p.Default is not null).ToList();
-            if (properties.Count == 0) continue;
             var read = System.Text.Json.JsonSerializer.Deserialize("{}", VirtdJson.Options.GetTypeInfo(type))!;
-            foreach (var (property, attribute) in properties)
+            foreach (var (property, value) in properties)
             {
-                Assert.True(Equals(attribute!.Value, property.GetValue(read)),
-                    $"{type.Name}.{property.Name}: [DefaultValue({attribute.Value})] but {{}} reads as {property.GetValue(read)}");
+                Assert.True(Equals(value, property.GetValue(read)),
+                    $"{type.Name}.{property.Name}: [DefaultValue({value})] but {{}} reads as {property.GetValue(read)}");
                 checkedProperties++;
             }
         }

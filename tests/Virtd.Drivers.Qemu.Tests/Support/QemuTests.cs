@@ -140,36 +140,10 @@ public static class QemuHost
         Assert.Equal(0, p.ExitCode);
     }
 
-    /// <summary>Pids of the QEMU processes started by the daemon of <paramref name="runDirectory"/> (its environment says so).</summary>
-    public static List<int> FindAll(string runDirectory)
-    {
-        var pids = new List<int>();
-        var marker = $"{QemuCommandLine.RunDirectoryVariable}={runDirectory}";
-        foreach (var dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), out var pid)) continue;
-            var argv = Native.ProcFs.ReadCmdline(pid);
-            if (argv is not { Count: > 0 } || !argv[0].Contains("qemu-system", StringComparison.Ordinal)) continue;
-            string[] environment;
-            try { environment = File.ReadAllText(Path.Combine(dir, "environ")).Split('\0'); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; } // gone meanwhile
-            if (environment.Contains(marker) && IsAlive(pid)) pids.Add(pid);
-        }
-        return pids;
-    }
+    /// <summary>Pids of the live QEMU processes started by the daemon of <paramref name="runDirectory"/> (its environment says so).</summary>
+    public static List<int> FindAll(string runDirectory) => VmProcesses.Find(runDirectory).Where(IsAlive).ToList();
 
-    public static void KillAll(string runDirectory)
-    {
-        foreach (var pid in FindAll(runDirectory))
-        {
-            try
-            {
-                Signal(pid, "CONT");
-                Signal(pid, "KILL");
-            }
-            catch (Exception) { } // gone meanwhile
-        }
-    }
+    public static void KillAll(string runDirectory) => VmProcesses.KillAll(runDirectory);
 
     /// <summary>Polls until <paramref name="condition"/> holds; fails the test at the deadline.</summary>
     public static async Task WaitUntilAsync(Func<bool> condition, string what, TimeSpan? timeout = null)
