@@ -22,13 +22,7 @@ public static class ApiJson
     /// <summary>The project's settings with the API's types first.</summary>
     public static JsonSerializerOptions Configure(JsonSerializerOptions o) => VirtdJson.Configure(o, [ApiJsonContext.Default], [VirtdJson.Enum<Hosting.DaemonState>()]);
 
-    public static readonly JsonSerializerOptions Options = Frozen(Configure(new JsonSerializerOptions()));
-
-    private static JsonSerializerOptions Frozen(JsonSerializerOptions o)
-    {
-        o.MakeReadOnly();
-        return o;
-    }
+    public static readonly JsonSerializerOptions Options = VirtdJson.Freeze(Configure(new JsonSerializerOptions()));
 }
 
 [JsonSerializable(typeof(DomainDto))]

@@ -43,9 +43,9 @@ public static class VirtdJson
         return o;
     }
 
-    public static readonly JsonSerializerOptions Options = Frozen(Configure(new JsonSerializerOptions()));
+    public static readonly JsonSerializerOptions Options = Freeze(Configure(new JsonSerializerOptions()));
 
-    public static readonly JsonSerializerOptions Indented = Frozen(Configure(new JsonSerializerOptions { WriteIndented = true }));
+    public static readonly JsonSerializerOptions Indented = Freeze(Configure(new JsonSerializerOptions { WriteIndented = true }));
 
     /// <summary>The metadata of <typeparamref name="T"/> under <paramref name="options"/> (default <see cref="Options"/>); cached by the options.</summary>
     public static JsonTypeInfo<T> Info<T>(JsonSerializerOptions? options = null) => (JsonTypeInfo<T>)(options ?? Options).GetTypeInfo(typeof(T));
@@ -65,7 +65,7 @@ public static class VirtdJson
     ];
 
     /// <summary>Read-only, so that its type metadata can be asked for before any (de)serialisation.</summary>
-    private static JsonSerializerOptions Frozen(JsonSerializerOptions o)
+    public static JsonSerializerOptions Freeze(JsonSerializerOptions o)
     {
         o.MakeReadOnly();
         return o;

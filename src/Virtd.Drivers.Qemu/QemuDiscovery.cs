@@ -71,36 +71,35 @@ public static class QemuDiscovery
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string, DateTime, long), QemuCapabilities> Probed = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Path, Native.FileIdentity? Identity), QemuCapabilities> Probed = new();
 
     /// <summary>
     /// What <paramref name="binary"/> can do. Asking QEMU means starting it (40–50 ms here, most of a restart's time), so
     /// the answer is kept in <paramref name="cacheFile"/> with the binary's identity (device, inode, size, change and
     /// modification times), as libvirt keeps its capabilities: the next daemon reads it instead, and a QEMU that was
-    /// upgraded or replaced no longer matches and is asked again. Also kept in memory per binary, so several daemons
-    /// in one process (tests) ask QEMU only once.
+    /// upgraded or replaced no longer matches and is asked again. Also kept in memory by the same identity, so several
+    /// daemons in one process (tests) ask QEMU only once.
     /// </summary>
     public static async Task<QemuCapabilities> ProbeAsync(string binary, string? cacheFile, CancellationToken cancellationToken)
     {
-        var identity = Native.Users.Identify(binary);
-        if (cacheFile is not null && identity is { } id && ReadCache(cacheFile, binary, id) is { } cached) return cached;
-        var file = new FileInfo(binary);
-        var key = (file.FullName, file.LastWriteTimeUtc, file.Length);
-        if (!Probed.TryGetValue(key, out var caps))
+        var path = Path.GetFullPath(binary);
+        var identity = Native.Users.Identify(path);
+        if (cacheFile is not null && identity is { } id && ReadCache(cacheFile, path, id) is { } cached) return cached;
+        if (!Probed.TryGetValue((path, identity), out var caps))
         {
-            caps = await ProbeUncachedAsync(binary, cancellationToken).ConfigureAwait(false);
-            Probed[key] = caps;
+            caps = await ProbeUncachedAsync(path, cancellationToken).ConfigureAwait(false);
+            Probed[(path, identity)] = caps;
         }
-        if (cacheFile is not null && identity is { } known) WriteCache(cacheFile, new QemuCapabilitiesCache(Path.GetFullPath(binary), known, caps));
+        if (cacheFile is not null && identity is { } known) WriteCache(cacheFile, new QemuCapabilitiesCache(path, known, caps));
         return caps;
     }
 
-    private static QemuCapabilities? ReadCache(string cacheFile, string binary, Native.FileIdentity identity)
+    private static QemuCapabilities? ReadCache(string cacheFile, string path, Native.FileIdentity identity)
     {
         try
         {
             var cache = JsonSerializer.Deserialize(File.ReadAllBytes(cacheFile), CacheInfo);
-            return cache is not null && cache.Binary == Path.GetFullPath(binary) && cache.Identity == identity ? cache.Capabilities : null;
+            return cache is not null && cache.Binary == path && cache.Identity == identity ? cache.Capabilities : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or JsonException or NotSupportedException)
         {
@@ -122,7 +121,7 @@ public static class QemuDiscovery
     }
 
     private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<QemuCapabilitiesCache> CacheInfo =
-        VirtdJson.Info<QemuCapabilitiesCache>(VirtdJson.Configure(new JsonSerializerOptions(), [QemuJson.Default]));
+        VirtdJson.Info<QemuCapabilitiesCache>(QemuJsonOptions.Value);
 
     /// <summary>
     /// Starts QEMU with no machine and its monitor on stdio, reads version, machine types and whether

@@ -21,8 +21,7 @@ public sealed record QemuStatusFile(
     string Binary,
     DomainDefinition Definition)
 {
-    private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<QemuStatusFile> Info =
-        VirtdJson.Info<QemuStatusFile>(VirtdJson.Configure(new JsonSerializerOptions(), [QemuJson.Default]));
+    private static readonly System.Text.Json.Serialization.Metadata.JsonTypeInfo<QemuStatusFile> Info = VirtdJson.Info<QemuStatusFile>(QemuJsonOptions.Value);
 
     /// <summary>Atomic (a reader sees the old file or the new one), not fsynced: it must survive the daemon, not the host.</summary>
     /// <summary>Owner-only: the run directory is open to everyone (for the read-only API socket), the VM's definition is not.</summary>
@@ -99,3 +98,9 @@ internal static class QemuLog
 [System.Text.Json.Serialization.JsonSerializable(typeof(QemuStatusFile))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(QemuCapabilitiesCache))]
 internal sealed partial class QemuJson : System.Text.Json.Serialization.JsonSerializerContext;
+
+/// <summary>The project's JSON settings with the QEMU driver's own files (<see cref="QemuJson"/>) first.</summary>
+internal static class QemuJsonOptions
+{
+    public static readonly JsonSerializerOptions Value = VirtdJson.Freeze(VirtdJson.Configure(new JsonSerializerOptions(), [QemuJson.Default]));
+}
