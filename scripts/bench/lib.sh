@@ -57,6 +57,19 @@ bench_start_daemon() {
   auth="Authorization: Bearer $(cat "$token_file")"
 }
 
+# bench_need_wrk: wrk from Debian when it is missing (as root).
+bench_need_wrk() {
+  if ! command -v wrk >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "wrk is missing; install it (apt-get install wrk) or run as root"
+    echo "== installing wrk"
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  fi
+}
+
+# cpu_ticks [PID]: user + system CPU of PID (default: the daemon, $pid) in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${1:-$pid}/stat"; }
+
 # api [curl args...]: curl with the daemon's admin token (after bench_start_daemon).
 api() { curl -H "$auth" "$@"; }
 
