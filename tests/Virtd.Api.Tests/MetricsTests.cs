@@ -67,6 +67,23 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task DomainSeries_BoundsThePerVmSeries_TheRestAreSummedInAnOverflowSeries()
+    {
+        await using var app = new VirtdApplication(settings: new Dictionary<string, string?> { ["Metrics:DomainSeries"] = "16" });
+        using var admin = app.CreateClient();
+        for (var i = 0; i < 20; i++) await admin.DefineAsync(new { name = $"vm-{i:00}", memoryMiB = 64 });
+
+        var samples = await ScrapeAsync(admin);
+
+        var states = samples.Where(s => s.Name == "virtd_domain_state").ToList();
+        var named = states.Select(s => s.Labels.GetValueOrDefault("domain")).OfType<string>().Distinct().Count();
+        Assert.InRange(named, 14, 16);
+        Assert.Contains(states, s => s.Labels.GetValueOrDefault("otel_metric_overflow") == "true");
+        // Daemon-wide figures are whole: 20 domains shut off.
+        Assert.Equal(20, samples.Value("virtd_domains", ("driver", "simulated"), ("state", "shut-off")));
+    }
+
+    [Fact]
     public async Task Scrape_WithoutCredentials_Is401_UnlessAnonymousScrapesAreAllowedFromLoopback()
     {
         await using (var closed = new VirtdApplication(kestrel: true))

@@ -70,6 +70,9 @@ public sealed class IdleMonitor(
 
     public TimeSpan IdleFor => time.GetElapsedTime(Interlocked.Read(ref _lastActivity));
 
+    /// <summary>When a request last started or ended (a <see cref="TimeProvider"/> timestamp).</summary>
+    public long LastActivity => Interlocked.Read(ref _lastActivity);
+
     /// <summary>Time between checks: a quarter of IdleTimeout, at most 5 s, at least 100 ms.</summary>
     public static TimeSpan CheckInterval(TimeSpan idleTimeout) =>
         TimeSpan.FromTicks(Math.Clamp(idleTimeout.Ticks / 4, TimeSpan.TicksPerMillisecond * 100, TimeSpan.TicksPerSecond * 5));
@@ -105,6 +108,8 @@ public static class IdleExit
     {
         builder.Services.AddSingleton<IdleMonitor>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<IdleMonitor>());
+        builder.Services.AddSingleton<MemoryTrimmer>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<MemoryTrimmer>());
         return builder;
     }
 

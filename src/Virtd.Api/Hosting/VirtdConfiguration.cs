@@ -13,7 +13,7 @@ public sealed class ConfigurationException(string message) : Exception(message);
 
 /// <summary>All options, each bound through <see cref="IOptions{T}"/> from its section and checked at start.</summary>
 public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Storage, JobsOptions Jobs, SimulatedOptions Simulated, EventsOptions Events, QemuOptions Qemu,
-    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits, MetricsOptions Metrics)
+    GuestsOptions Guests, SecurityOptions Security, ListenerOptions Listen, LimitsOptions Limits, MetricsOptions Metrics, MemoryOptions Memory)
 {
     /// <summary>
     /// The whole of shutdown phase 2: <c>ShutdownTimeout</c>, plus <c>Guests:OverallTimeout</c> when guests are shut down with the daemon.
@@ -48,10 +48,11 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
         Add<ListenerOptions>(s, "Listen", static (c, o) => c.Bind(o), _ => []);
         Add<LimitsOptions>(s, "Limits", static (c, o) => c.Bind(o), limits => limits.Validate());
         Add<MetricsOptions>(s, "Metrics", static (c, o) => c.Bind(o), OptionsValidation.Validate);
+        Add<MemoryOptions>(s, "Memory", static (c, o) => c.Bind(o), memory => memory.Validate());
 
         s.AddSingleton(sp => new VirtdConfiguration(Value<VirtdOptions>(sp), Value<StorageOptions>(sp), Value<JobsOptions>(sp), Value<SimulatedOptions>(sp),
             Value<EventsOptions>(sp), Value<QemuOptions>(sp), Value<GuestsOptions>(sp), Value<SecurityOptions>(sp), Value<ListenerOptions>(sp),
-            Value<LimitsOptions>(sp), Value<MetricsOptions>(sp)));
+            Value<LimitsOptions>(sp), Value<MetricsOptions>(sp), Value<MemoryOptions>(sp)));
     }
 
     /// <summary>The options' value; one that fails its checks is a <see cref="ConfigurationException"/>, as everywhere in the daemon.</summary>

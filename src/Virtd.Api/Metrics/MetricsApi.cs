@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using System.Net;
 using Microsoft.AspNetCore.Http.HttpResults;
 using OpenTelemetry.Metrics;
@@ -51,12 +52,9 @@ public static class MetricsApi
                 // Never the routing and memory-pool counters, which count on every request and every buffer.
                 m.AddMeter("Microsoft.AspNetCore.Server.Kestrel");
                 if (aspNetCore) m.AddMeter("Microsoft.AspNetCore.Hosting");
+                var domainSeries = int.TryParse(builder.Configuration["Metrics:DomainSeries"], out var limit) ? limit : MetricsOptions.DefaultDomainSeries;
                 m.AddRuntimeInstrumentation()
-                    // Prometheus keeps _count for histograms and summaries (promtool check metrics says so): three of the
-                    // runtime's gauges are renamed.
-                    .AddView("dotnet.assembly.count", "dotnet.assemblies")
-                    .AddView("dotnet.process.cpu.count", "dotnet.process.cpus")
-                    .AddView("dotnet.timer.count", "dotnet.timers")
+                    .AddView(instrument => StreamOf(instrument, domainSeries))
                     .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0);
             });
             s.AddSingleton<PrometheusScrape>();
@@ -70,6 +68,33 @@ public static class MetricsApi
         }
         return builder;
     }
+
+    /// <summary>The series any metric that is not per VM may have: its labels are kinds, outcomes, QMP commands, generations.</summary>
+    public const int DaemonSeries = 256;
+
+    /// <summary>
+    /// Every instrument's one stream. The SDK allocates a metric's series up front, as many as its cardinality limit (2000 by
+    /// default: about 5 MB of large-object heap for our instruments): the daemon's own have <see cref="DaemonSeries"/>, the
+    /// per-VM ones (<c>virtd.domain.*</c>) <c>Metrics:DomainSeries</c>. Past the limit, new label sets are counted in one
+    /// overflow series (<c>otel_metric_overflow="true"</c>). And Prometheus keeps <c>_count</c> for histograms and summaries
+    /// (promtool check metrics says so): three of the runtime's gauges are renamed.
+    /// </summary>
+    private static MetricStreamConfiguration StreamOf(Instrument instrument, int domainSeries) => new()
+    {
+        Name = instrument.Name switch
+        {
+            "dotnet.assembly.count" => "dotnet.assemblies",
+            "dotnet.process.cpu.count" => "dotnet.process.cpus",
+            "dotnet.timer.count" => "dotnet.timers",
+            _ => null,
+        },
+        CardinalityLimit = instrument.Meter.Name != VirtdMetrics.MeterName ? DaemonSeries : instrument.Name switch
+        {
+            "virtd.domain.state" => domainSeries * Enum.GetValues<DomainState>().Length, // a series per state of each domain
+            _ when instrument.Name.StartsWith("virtd.domain.", StringComparison.Ordinal) => domainSeries,
+            _ => DaemonSeries,
+        },
+    };
 
     public static WebApplication MapMetricsApi(this WebApplication app)
     {

@@ -24,6 +24,7 @@ public static class OptionsValidation
         var errors = new List<string>();
         void Check(bool ok, string key, string message) { if (!ok) errors.Add($"{key}: {message}"); }
         Check(m.StatsInterval >= TimeSpan.FromMilliseconds(10) && m.StatsInterval <= TimeSpan.FromHours(1), "Metrics:StatsInterval", "must be between 00:00:00.010 and 01:00:00");
+        Check(m.DomainSeries is >= 16 and <= 1_000_000, "Metrics:DomainSeries", "must be between 16 and 1000000");
         Check(m.StatsTimeout >= TimeSpan.FromMilliseconds(10) && m.StatsTimeout <= TimeSpan.FromMinutes(5), "Metrics:StatsTimeout", "must be between 00:00:00.010 and 00:05:00");
         return errors;
     }

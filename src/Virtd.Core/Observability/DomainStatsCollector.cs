@@ -22,6 +22,15 @@ public sealed class MetricsOptions
     /// </summary>
     public bool AspNetCore { get; set; }
 
+    public const int DefaultDomainSeries = 1024;
+
+    /// <summary>
+    /// Domains (or disks of running domains) each per-VM metric (<c>virtd_domain_*</c>) has series for. The series are
+    /// allocated up front (about 100 bytes each) when the daemon starts; past the limit, new ones are summed in one overflow
+    /// series (<c>otel_metric_overflow="true"</c>). Raise it on a host with more domains.
+    /// </summary>
+    public int DomainSeries { get; set; } = DefaultDomainSeries;
+
     /// <summary>How often each running VM's figures are read.</summary>
     public TimeSpan StatsInterval { get; set; } = TimeSpan.FromSeconds(5);
 
