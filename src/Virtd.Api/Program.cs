@@ -66,7 +66,8 @@ app.UseWhen(http => http.Request.Path.StartsWithSegments("/swagger"), swagger =>
     o.EnablePersistAuthorization();
 }));
 app.UseDashboard();
-app.UseWebSockets();
+// The WebSocket middleware sets a feature on every request it sees: only an upgrade request (a console) needs it.
+app.UseWhen(http => http.Request.Headers.Upgrade.Count > 0, b => b.UseWebSockets());
 app.UseAccessControl();
 app.UseRequestRateLimit();
 app.UseIdempotencyBodies();

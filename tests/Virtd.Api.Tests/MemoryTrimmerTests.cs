@@ -83,13 +83,13 @@ public sealed class MemoryTrimmerTests : IAsyncDisposable
         _status.SetReady();
         await _trimmer.StartAsync(CancellationToken.None);
         await _h.AdvanceWhenArmedAsync(MemoryTrimmer.AfterStart);
-        await CoreHarness.WaitUntilAsync(() => _trimmer.Trims == 1 && _h.Time.ArmedTimers == 1, "the loop waits for its next check");
+        await CoreHarness.WaitUntilAsync(() => _trimmer.Trims == 1 && _h.Time.ArmedTimers >= 1, "the loop waits for its next check");
 
         using var bound = new CancellationTokenSource(CoreHarness.Patience);
         await _trimmer.StopAsync(bound.Token);
 
-        Assert.True(_trimmer.ExecuteTask!.IsCompletedSuccessfully);
-        Assert.Equal(0, _h.Time.ArmedTimers);
+        Assert.True(_trimmer.ExecuteTask!.IsCompletedSuccessfully, $"the loop ended {_trimmer.ExecuteTask.Status}: {_trimmer.ExecuteTask.Exception}");
+        Assert.True(_h.Time.ArmedTimers == 0, $"{_h.Time.ArmedTimers} timers still armed after the stop");
     }
 
     [Fact]

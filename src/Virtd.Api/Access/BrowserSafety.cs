@@ -21,15 +21,14 @@ public static class BrowserSafety
     }
 
     /// <summary>A request over TCP whose Host is not this daemon's gets 400 <c>host-not-allowed</c>; the Unix sockets need no check.</summary>
-    public static IApplicationBuilder UseAllowedHosts(this IApplicationBuilder app) => app.Use(async (http, next) =>
+    public static IApplicationBuilder UseAllowedHosts(this IApplicationBuilder app)
     {
-        if (http.Features.Get<UnixPeer>() is null && !http.RequestServices.GetRequiredService<HostList>().Allows(http.Request.Host.Host))
-        {
-            await Errors.ProblemResponses.WriteAsync(http, AccessErrors.HostNotAllowed(http.Request.Host.Value ?? "")).ConfigureAwait(false);
-            return;
-        }
-        await next(http).ConfigureAwait(false);
-    });
+        HostList? hosts = null;
+        return app.Use((http, next) =>
+            http.Features.Get<UnixPeer>() is null && !(hosts ??= app.ApplicationServices.GetRequiredService<HostList>()).Allows(http.Request.Host.Host)
+                ? Errors.ProblemResponses.WriteAsync(http, AccessErrors.HostNotAllowed(http.Request.Host.Value ?? ""))
+                : next(http));
+    }
 
     /// <summary>For a change authenticated by the session cookie: the refusal, or null when it may go on.</summary>
     public static VirtdException? CheckCookieChange(HttpContext http)

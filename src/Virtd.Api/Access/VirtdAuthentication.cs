@@ -25,8 +25,8 @@ public static class VirtdAuthentication
         AuthFailureLimiter? limiter = null;
         return app.Use((http, next) =>
         {
-            tokens ??= http.RequestServices.GetRequiredService<TokenStore>();
-            limiter ??= http.RequestServices.GetRequiredService<AuthFailureLimiter>();
+            tokens ??= app.ApplicationServices.GetRequiredService<TokenStore>();
+            limiter ??= app.ApplicationServices.GetRequiredService<AuthFailureLimiter>();
             if (Identify(http, tokens, limiter) is { } caller) http.User = caller.Principal;
             return next(http);
         });

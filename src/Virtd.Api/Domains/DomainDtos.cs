@@ -1,3 +1,6 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
 using Virtd.Core.Domains;
 using Virtd.Core.Jobs;
 
@@ -63,4 +66,36 @@ public sealed record DomainStatsDto(
     public static DomainStatsDto From(DomainObject d, DomainView v, Virtd.Core.Observability.DomainStatsReading? r) =>
         new(d.Name, d.Uuid, v.Runtime.State, r?.ReadAt, r?.Stale ?? false, r?.Stats?.VcpuSeconds, r?.Stats?.RssBytes, r?.Stats?.BalloonActualBytes,
             r?.Stats?.Disks ?? []);
+}
+
+/// <summary>
+/// A domain's body as <c>GET /domains/{id}</c> answers it while no job holds the domain, serialised once per view (a view
+/// is immutable and replaced on every change, so the bytes go with it and are collected with it).
+/// </summary>
+public sealed class DomainBodies : IResult
+{
+    private static readonly ConditionalWeakTable<DomainView, DomainBodies> Bodies = new();
+    private static readonly JsonTypeInfo<DomainDto> Info = (JsonTypeInfo<DomainDto>)ApiJson.Options.GetTypeInfo(typeof(DomainDto));
+
+    private readonly byte[] _utf8;
+
+    private DomainBodies(byte[] utf8) => _utf8 = utf8;
+
+    /// <summary>The body of <paramref name="d"/> at view <paramref name="v"/>, with no current job.</summary>
+    public static DomainBodies Of(DomainObject d, DomainView v)
+    {
+        if (Bodies.TryGetValue(v, out var body)) return body;
+        body = new DomainBodies(JsonSerializer.SerializeToUtf8Bytes(DomainDto.From(d, v, default) with { CurrentJob = null }, Info));
+        return Bodies.GetValue(v, _ => body);
+    }
+
+    public ReadOnlyMemory<byte> Utf8 => _utf8;
+
+    public Task ExecuteAsync(HttpContext http)
+    {
+        http.Response.StatusCode = StatusCodes.Status200OK;
+        http.Response.ContentType = "application/json; charset=utf-8";
+        http.Response.ContentLength = _utf8.Length;
+        return http.Response.Body.WriteAsync(_utf8).AsTask();
+    }
 }

@@ -25,8 +25,14 @@ public static class DomainsApi
         // ?include=stats adds each running VM's figures (GET /{id}/stats) to the list.
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
             .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
-        g.MapGet("/{id}", GetDomain).WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
-            .Requires(Role.Reader).Problems(404);
+        // The hottest read resolves nothing per request: the daemon's singletons are taken from the root provider once, so
+        // no request scope is made for it.
+        var root = app.ServiceProvider;
+        DomainService? domains = null;
+        TimeProvider? clock = null;
+        g.MapGet("/{id}", (string id, HttpContext http) => GetDomain(id, http, domains ??= root.GetRequiredService<DomainService>(), clock ??= root.GetRequiredService<TimeProvider>()))
+            .WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
+            .Produces<DomainDto>().Requires(Role.Reader).Problems(404);
         g.MapPut("/{id}", UpdateDomainAsync).WithName("UpdateDomain")
             .WithSummary("Replace a definition; If-Match honoured; a running domain takes it at next start")
             .Requires(Role.Admin).Audited(200).Problems(400, 404, 409, 412, 413, 415, 503, 507);
@@ -119,12 +125,17 @@ public static class DomainsApi
         return TypedResults.Ok(DomainStatsDto.From(d, d.View, collector.Find(d.Uuid)));
     }
 
-    public static Ok<DomainDto> GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)
+    /// <summary>
+    /// The read that dashboards and scripts poll: while no job holds the domain, its body is a function of the view alone,
+    /// serialised once per change (<see cref="DomainBodies"/>) and written with its length; a held domain's body carries
+    /// the job's age, so it is serialised for the read.
+    /// </summary>
+    public static IResult GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)
     {
         var d = svc.Get(id);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
-        return TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
+        return d.Gate.Holder().Holder is null ? DomainBodies.Of(d, v) : TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
     }
 
     public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)

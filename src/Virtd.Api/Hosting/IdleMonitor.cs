@@ -117,16 +117,34 @@ public static class IdleExit
     /// Counts every request while it is in flight, so that a connected client keeps the daemon up. Health probes
     /// (<c>/healthz</c>, <c>/readyz</c>) do not count: a service manager polling them must not keep an idle daemon alive.
     /// </summary>
-    public static IApplicationBuilder UseIdleTracking(this IApplicationBuilder app) => app.Use(async (http, next) =>
+    public static IApplicationBuilder UseIdleTracking(this IApplicationBuilder app)
     {
-        if (http.Request.Path.StartsWithSegments("/healthz") || http.Request.Path.StartsWithSegments("/readyz"))
+        // The daemon's own singleton, from the root provider (no request scope is made for it), at the first request.
+        IdleMonitor? monitor = null;
+        return app.Use((http, next) =>
         {
-            await next(http).ConfigureAwait(false);
-            return;
-        }
-        var idle = http.RequestServices.GetRequiredService<IdleMonitor>();
-        idle.RequestStarted();
-        try { await next(http).ConfigureAwait(false); }
+            if (http.Request.Path.StartsWithSegments("/healthz") || http.Request.Path.StartsWithSegments("/readyz")) return next(http);
+            var idle = monitor ??= app.ApplicationServices.GetRequiredService<IdleMonitor>();
+            idle.RequestStarted();
+            Task rest;
+            try { rest = next(http); }
+            catch
+            {
+                idle.RequestEnded();
+                throw;
+            }
+            if (rest.IsCompleted)
+            {
+                idle.RequestEnded();
+                return rest;
+            }
+            return EndedAsync(rest, idle);
+        });
+    }
+
+    private static async Task EndedAsync(Task rest, IdleMonitor idle)
+    {
+        try { await rest.ConfigureAwait(false); }
         finally { idle.RequestEnded(); }
-    });
+    }
 }
