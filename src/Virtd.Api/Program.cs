@@ -10,6 +10,7 @@ using Virtd.Api.Hosting;
 using Virtd.Api.Jobs;
 using Virtd.Api.Metrics;
 
+StartupClock.Mark("main");
 StopSignals.Honour();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddVirtdCore(args);
@@ -52,7 +53,9 @@ builder.Services.AddOpenApi("v1", o => o.AddDocumentTransformer((doc, _, _) =>
     .AddDocumentTransformer<ProblemsOpenApi>().AddOperationTransformer<ProblemsOpenApi>().AddDocumentTransformer<EnumsOpenApi>().AddDocumentTransformer<Virtd.Api.Storage.CapacityOpenApi>()
     .AddOperationTransformer<LocationOpenApi>());
 
+StartupClock.Mark("configured");
 var app = builder.Build();
+StartupClock.Mark("built");
 app.UseIdleTracking();
 app.UseVirtdProblems();
 app.UseJsonCharset();
@@ -82,6 +85,7 @@ app.MapEventsApi();
 app.MapTokensApi();
 app.MapSessionApi();
 
+StartupClock.Mark("mapped");
 return await DaemonRunner.RunAsync(app);
 
 /// <summary>Entry point type, for WebApplicationFactory.</summary>

@@ -9,6 +9,7 @@ public static class DaemonRunner
         {
             // Checked before the host starts, so a bad value gives one clear line rather than a host failure trace.
             VirtdConfiguration.Resolve(app.Services);
+            StartupClock.Mark("checked");
             await app.RunAsync().ConfigureAwait(false);
             return Environment.ExitCode;
         }
