@@ -95,6 +95,33 @@ public sealed class AotDaemonTests
 
     [Theory]
     [MemberData(nameof(Builds))]
+    public async Task ASecondAfterReady_GivesBackWhatStartUpUsed_AndServesOn(string build)
+    {
+        await using var daemon = Start(build, ["--Logging:LogLevel:Virtd.Api.Hosting.MemoryTrimmer", "Information"]);
+        await daemon.WaitReadyAsync();
+
+        var trim = new System.Text.RegularExpressions.Regex(@"memory trim \(start\): RSS ([0-9.]+) → ([0-9.]+) MiB");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        System.Text.RegularExpressions.Match m;
+        while (!(m = trim.Match(daemon.Output)).Success)
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"{build}: no start-up trim logged within 30 s:\n{daemon.Output}");
+            await Task.Delay(50);
+        }
+        double before = double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        double after = double.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(after < before, $"{build}: the trim gave nothing back: {m.Value}");
+
+        // Code and data whose pages were given back run again: a define, a read, a list, a bad definition.
+        await daemon.Http.DefineAsync(new { name = "after-trim", memoryMiB = 64 });
+        Assert.Equal("shut-off", await daemon.Http.StateOfAsync("after-trim"));
+        Assert.Contains("after-trim", await daemon.Http.GetStringAsync("/api/v1/domains"));
+        var bad = await daemon.Http.PostAsync("/api/v1/domains", new StringContent("{\"name\":\"\"}", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
+    }
+
+    [Theory]
+    [MemberData(nameof(Builds))]
     public async Task Sigterm_ExitsZero(string build)
     {
         await using var daemon = Start(build);

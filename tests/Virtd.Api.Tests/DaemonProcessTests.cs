@@ -32,6 +32,18 @@ public sealed class DaemonProcessTests
     }
 
     [Fact]
+    public async Task RelativeDirectories_ExitTwo_NamingEachKeyOnce()
+    {
+        await using var daemon = DaemonProcess.Start(stateDirectory: "state", runDirectory: "run");
+
+        Assert.Equal(2, await daemon.WaitExitAsync(ExitDeadline));
+
+        var line = daemon.Output.Split('\n').Single(l => l.StartsWith("virtd: invalid configuration", StringComparison.Ordinal));
+        Assert.Equal(1, System.Text.RegularExpressions.Regex.Count(line, "StateDirectory: must be an absolute path"));
+        Assert.Equal(1, System.Text.RegularExpressions.Regex.Count(line, "RunDirectory: must be an absolute path"));
+    }
+
+    [Fact]
     public async Task BadEnvironmentValue_ExitsNonZeroNamingTheKey()
     {
         await using var daemon = DaemonProcess.Start(environment: new Dictionary<string, string> { ["VIRTD_Jobs__QueueLimit"] = "0" });

@@ -104,12 +104,13 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
         }
         catch (OptionsValidationException e)
         {
-            throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures));
+            throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures.Distinct()));
         }
         catch (AggregateException e) when (e.InnerExceptions.All(x => x is OptionsValidationException))
         {
+            // Distinct: options read while another is made (the storage pools' default reads StateDirectory) fail in both.
             throw new ConfigurationException("invalid configuration: " +
-                string.Join("; ", e.InnerExceptions.SelectMany(x => ((OptionsValidationException)x).Failures)));
+                string.Join("; ", e.InnerExceptions.SelectMany(x => ((OptionsValidationException)x).Failures).Distinct()));
         }
         return services.GetRequiredService<VirtdConfiguration>();
     }
