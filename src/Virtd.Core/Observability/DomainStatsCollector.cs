@@ -65,6 +65,9 @@ public sealed class DomainStatsCollector(DomainRegistry registry, MetricsOptions
 
     private long _rounds;
 
+    /// <summary>Reads started and not yet ended (for tests that must not start a round while one is pending).</summary>
+    internal int PendingReads => _reading.Count;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         using var timer = new PeriodicTimer(options.StatsInterval, time);

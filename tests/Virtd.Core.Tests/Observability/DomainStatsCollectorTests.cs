@@ -32,6 +32,9 @@ public sealed class DomainStatsCollectorTests
         Assert.False(first.Stale);
         Assert.Equal(1, first.Stats!.VcpuSeconds);
 
+        // The reading is visible a moment before its read has ended: a round that came in between would find the read
+        // still pending and mark it stale instead of starting the second one.
+        await CoreHarness.WaitUntilAsync(() => collector.PendingReads == 0, "the first read to end");
         vm.Hang = true;
         time.Advance(Options.StatsInterval);
         await CoreHarness.WaitUntilAsync(() => vm.Reads == 2, "the second read to begin");
@@ -40,6 +43,7 @@ public sealed class DomainStatsCollectorTests
         Assert.Equal(first.Stats, collector.Find(domain.Uuid)!.Stats);
         Assert.Equal(first.ReadAt, collector.Find(domain.Uuid)!.ReadAt);
 
+        await CoreHarness.WaitUntilAsync(() => collector.PendingReads == 0, "the hung read to end at its deadline");
         vm.Hang = false;
         time.Advance(Options.StatsInterval);
         await CoreHarness.WaitUntilAsync(() => collector.Find(domain.Uuid) is { Stale: false, Stats.VcpuSeconds: 3 }, "a fresh reading");
