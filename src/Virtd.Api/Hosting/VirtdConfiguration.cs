@@ -31,7 +31,9 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
         Add<StorageOptions>(s, "Storage", static (c, o) => c.Bind(o), OptionsValidation.Validate);
         s.AddOptions<StorageOptions>().PostConfigure<IOptions<VirtdOptions>>((storage, virtd) =>
         {
-            storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.Value.StateDirectory, "images"));
+            // A StateDirectory that fails its own checks is reported once, as VirtdOptions' fault, not again as Storage's.
+            try { storage.Pools.TryAdd(StorageOptions.DefaultPool, Path.Combine(virtd.Value.StateDirectory, "images")); }
+            catch (OptionsValidationException) { }
         });
         Add<JobsOptions>(s, "Jobs", static (c, o) => c.Bind(o), OptionsValidation.Validate);
         Add<SimulatedOptions>(s, "Simulated", static (c, o) => c.Bind(o), OptionsValidation.Validate);
@@ -104,13 +106,12 @@ public sealed record VirtdConfiguration(VirtdOptions Virtd, StorageOptions Stora
         }
         catch (OptionsValidationException e)
         {
-            throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures.Distinct()));
+            throw new ConfigurationException("invalid configuration: " + string.Join("; ", e.Failures));
         }
         catch (AggregateException e) when (e.InnerExceptions.All(x => x is OptionsValidationException))
         {
-            // Distinct: options read while another is made (the storage pools' default reads StateDirectory) fail in both.
             throw new ConfigurationException("invalid configuration: " +
-                string.Join("; ", e.InnerExceptions.SelectMany(x => ((OptionsValidationException)x).Failures).Distinct()));
+                string.Join("; ", e.InnerExceptions.SelectMany(x => ((OptionsValidationException)x).Failures)));
         }
         return services.GetRequiredService<VirtdConfiguration>();
     }
