@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Hosting.Internal;
 using Microsoft.Extensions.Logging.Abstractions;
 using Virtd.Api.Hosting;
+using Virtd.Core.Observability;
 using Virtd.Testing;
 
 namespace Virtd.Api.Tests;

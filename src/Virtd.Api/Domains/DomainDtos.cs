@@ -89,8 +89,6 @@ public sealed class DomainBodies : IResult
         return Bodies.GetValue(v, _ => body);
     }
 
-    public ReadOnlyMemory<byte> Utf8 => _utf8;
-
     public Task ExecuteAsync(HttpContext http)
     {
         http.Response.StatusCode = StatusCodes.Status200OK;

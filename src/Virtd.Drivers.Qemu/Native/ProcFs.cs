@@ -45,11 +45,7 @@ internal static class ProcFs
     /// </summary>
     public static (double CpuSeconds, long RssBytes)? ReadUsage(int pid)
     {
-        string statm;
-        try { statm = File.ReadAllText($"/proc/{pid}/statm"); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
-        var pages = statm.Split(' ') is [_, var resident, ..] && long.TryParse(resident, out var r) ? r : 0;
-        var rss = pages * Environment.SystemPageSize;
+        if (Virtd.Core.Observability.ProcessMemory.ResidentBytes(pid) is not { } rss) return null;
         ulong vcpuTicks = 0;
         var vcpus = 0;
         try
