@@ -160,16 +160,22 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     }
 
     /// <summary>
-    /// Starts the writer, after the journal was loaded and the records of the restart were appended to the
-    /// snapshot: the file is rewritten from <paramref name="snapshot"/> first, so it starts with what is retained.
+    /// Starts the writer, after the journal was loaded and the jobs it held are in the store. The writer first
+    /// rewrites the file from <paramref name="snapshot"/>, so it starts with what is retained, and then writes what
+    /// was appended meanwhile: the rewrite is off the daemon's path to ready (after a busy spell it serialises
+    /// thousands of jobs). A record appended before the snapshot was taken can follow it in the file with an older
+    /// state of its job; recovery keeps a job's first finished record, so a job never goes back.
     /// </summary>
     public void Start(Func<IReadOnlyList<JournalRecord>> snapshot)
     {
         _snapshot = snapshot;
-        Rewrite();
         _writer = new Thread(() =>
         {
-            try { WriteLoop(); }
+            try
+            {
+                Rewrite();
+                WriteLoop();
+            }
             catch (Exception e) { log.LogCritical(e, "job journal {File}: the writer failed; jobs are no longer journalled", Path); }
             finally
             {
