@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using System.Text.Json;
 using Virtd.Testing;
 using static Virtd.Testing.VirtdHttp;
 
@@ -67,6 +68,37 @@ public sealed class JobGateTests
         Assert.Equal(holder.Id(), current.Id());
         Assert.Equal("start", current.Str("kind"));
         Assert.Equal("shut-off", d.Str("state"));
+    }
+
+    [Fact]
+    public async Task List_ItemsAreWhatSingleReadsAnswer_AndABusyDomainsItemShowsItsJob()
+    {
+        await using var app = HungDomain.App();
+        using var http = app.CreateClient();
+        await http.DefineAsync(Definition("a-idle"));
+        await http.DefineAsync(Definition("b-idle"));
+        var holder = await http.StartHungAsync("hung");
+        await http.DefineAsync(Definition("z-last"));
+
+        var page = await http.GetAsync("/api/v1/domains?limit=3");
+        var text = await page.Content.ReadAsStringAsync();
+
+        Assert.Equal(HttpStatusCode.OK, page.StatusCode);
+        Assert.Equal(System.Text.Encoding.UTF8.GetByteCount(text), page.Content.Headers.ContentLength);
+        using var doc = JsonDocument.Parse(text);
+        var root = doc.RootElement;
+        Assert.Equal(["count", "items", "next"], root.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(3, root.GetProperty("count").GetInt32());
+        var items = root.GetProperty("items").EnumerateArray().ToList();
+        Assert.Equal(["a-idle", "b-idle", "hung"], items.Select(i => i.Str("name")));
+        foreach (var idle in new[] { "a-idle", "b-idle" })
+            Assert.Equal(await http.GetStringAsync($"/api/v1/domains/{idle}"), items.Single(i => i.Str("name") == idle).GetRawText());
+        Assert.Equal(holder.Id(), items[2].GetProperty("currentJob").Id());
+        Assert.False(items[0].TryGetProperty("currentJob", out _));
+
+        var rest = await (await http.GetAsync("/api/v1/domains?limit=3&after=" + Uri.EscapeDataString(root.Str("next")!))).ReadJsonAsync();
+        Assert.Equal(["z-last"], rest.GetProperty("items").EnumerateArray().Select(i => i.Str("name")));
+        Assert.False(rest.TryGetProperty("next", out _));
     }
 
     [Fact]

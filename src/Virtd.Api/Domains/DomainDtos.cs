@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
@@ -89,11 +90,56 @@ public sealed class DomainBodies : IResult
         return Bodies.GetValue(v, _ => body);
     }
 
+    /// <summary>The JSON of <paramref name="d"/> at view <paramref name="v"/>: the cached body, or one made now while a job holds it.</summary>
+    public static byte[] Utf8Of(DomainObject d, DomainView v, DateTimeOffset now) =>
+        d.Gate.Holder().Holder is null ? Of(d, v)._utf8 : JsonSerializer.SerializeToUtf8Bytes(DomainDto.From(d, v, now), Info);
+
     public Task ExecuteAsync(HttpContext http)
     {
         http.Response.StatusCode = StatusCodes.Status200OK;
         http.Response.ContentType = "application/json; charset=utf-8";
         http.Response.ContentLength = _utf8.Length;
         return http.Response.Body.WriteAsync(_utf8).AsTask();
+    }
+}
+
+/// <summary>
+/// A page of <c>GET /domains</c> without stats, written as <see cref="DomainListDto"/> would be serialised: the envelope
+/// around the items' bodies, with its Content-Length.
+/// </summary>
+public sealed class DomainListBody(List<byte[]> items, string? next) : IResult
+{
+    private static ReadOnlySpan<byte> CountName => "{\"count\":"u8;
+    private static ReadOnlySpan<byte> ItemsName => ",\"items\":["u8;
+    private static ReadOnlySpan<byte> NextName => "],\"next\":\""u8;
+
+    public Task ExecuteAsync(HttpContext http)
+    {
+        Span<byte> count = stackalloc byte[11];
+        items.Count.TryFormat(count, out var digits, provider: System.Globalization.CultureInfo.InvariantCulture);
+        var cursor = next is null ? default : JsonEncodedText.Encode(next, ApiJson.Options.Encoder).EncodedUtf8Bytes;
+        long length = CountName.Length + digits + ItemsName.Length + Math.Max(0, items.Count - 1) + 2;
+        foreach (var item in items) length += item.Length;
+        if (next is not null) length += NextName.Length - 1 + cursor.Length + 1;
+        http.Response.StatusCode = StatusCodes.Status200OK;
+        http.Response.ContentType = "application/json; charset=utf-8";
+        http.Response.ContentLength = length;
+        var w = http.Response.BodyWriter;
+        w.Write(CountName);
+        w.Write(count[..digits]);
+        w.Write(ItemsName);
+        for (var i = 0; i < items.Count; i++)
+        {
+            if (i > 0) w.Write(","u8);
+            w.Write(items[i]);
+        }
+        if (next is null) w.Write("]}"u8);
+        else
+        {
+            w.Write(NextName);
+            w.Write(cursor);
+            w.Write("\"}"u8);
+        }
+        return w.FlushAsync().AsTask();
     }
 }

@@ -21,7 +21,7 @@ public static class DomainsApi
         g.MapGet("", ListDomains).WithName("ListDomains")
             .WithSummary("List domains by name, optionally by state and driver; in pages of ?limit= (default and most: Limits:ListDefault), the next from ?after=<next>")
             .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
-            .Requires(Role.Reader).ProducesValidationProblem();
+            .Produces<DomainListDto>().Requires(Role.Reader).ProducesValidationProblem();
         // ?include=stats adds each running VM's figures (GET /{id}/stats) to the list.
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
             .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
@@ -72,7 +72,11 @@ public static class DomainsApi
         return b;
     }
 
-    public static Ok<DomainListDto> ListDomains(string? state, string? driver, int? limit, string? after, string? include, HttpContext http,
+    /// <summary>
+    /// A page of domains. Without stats, the items are the bodies single reads serve (<see cref="DomainBodies"/>, cached per
+    /// view), so a dashboard polling the list makes no objects per domain; with stats each item is made for the read.
+    /// </summary>
+    public static IResult ListDomains(string? state, string? driver, int? limit, string? after, string? include, HttpContext http,
         DomainService svc, LimitsOptions limits, TimeProvider time, DomainStatsCollector collector)
     {
         var withStats = include switch
@@ -99,24 +103,30 @@ public static class DomainsApi
             }
             start = lo;
         }
-        var items = new List<DomainDto>(Math.Min(take, list.Count - start));
+        var items = withStats ? new List<DomainDto>(Math.Min(take, list.Count - start)) : null;
+        var bodies = withStats ? null : new List<byte[]>(Math.Min(take, list.Count - start));
         var now = time.GetUtcNow();
         string? next = null;
+        string? last = null;
+        var count = 0;
         for (var i = start; i < list.Count; i++)
         {
             var d = list[i];
             var v = d.View;
             if (stateFilter is { } s && v.Runtime.State != s) continue;
             if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;
-            if (items.Count == take)
+            if (count == take)
             {
-                next = Paging.Cursor("domains", items[^1].Name);
+                next = Paging.Cursor("domains", last!);
                 Paging.Link(http, next);
                 break;
             }
-            items.Add(withStats ? DomainDto.From(d, v, now) with { Stats = DomainStatsDto.From(d, v, collector.Find(d.Uuid)) } : DomainDto.From(d, v, now));
+            if (items is not null) items.Add(DomainDto.From(d, v, now) with { Stats = DomainStatsDto.From(d, v, collector.Find(d.Uuid)) });
+            else bodies!.Add(DomainBodies.Utf8Of(d, v, now));
+            last = d.Name;
+            count++;
         }
-        return TypedResults.Ok(new DomainListDto(items.Count, items, next));
+        return items is not null ? TypedResults.Ok(new DomainListDto(count, items, next)) : new DomainListBody(bodies!, next);
     }
 
     public static Ok<DomainStatsDto> GetStats(string id, DomainService svc, DomainStatsCollector collector)
