@@ -18,18 +18,24 @@ public static class DomainsApi
     {
         var g = app.MapGroup("/api/v1/domains").WithTags("Domains");
 
-        g.MapGet("", ListDomains).WithName("ListDomains")
+        // The reads dashboards poll resolve nothing per request: the daemon's singletons are taken from the root provider
+        // once, so no request scope is made for them.
+        var root = app.ServiceProvider;
+        DomainService? domains = null;
+        TimeProvider? clock = null;
+        LimitsOptions? limits = null;
+        DomainStatsCollector? collector = null;
+        g.MapGet("", (string? state, string? driver, int? limit, string? after, string? include, HttpContext http) =>
+                ListDomains(state, driver, limit, after, include, http, domains ??= root.GetRequiredService<DomainService>(),
+                    limits ??= root.GetRequiredService<LimitsOptions>(), clock ??= root.GetRequiredService<TimeProvider>(),
+                    collector ??= root.GetRequiredService<DomainStatsCollector>()))
+            .WithName("ListDomains")
             .WithSummary("List domains by name, optionally by state and driver; in pages of ?limit= (default and most: Limits:ListDefault), the next from ?after=<next>")
             .WithDescription("A longer list ends the page with `next` in the body and a `Link: <…>; rel=\"next\"` header that asks for the rest.")
             .Produces<DomainListDto>().Requires(Role.Reader).ProducesValidationProblem();
         // ?include=stats adds each running VM's figures (GET /{id}/stats) to the list.
         g.MapPost("", DefineDomainAsync).WithName("DefineDomain").WithSummary("Define a persistent domain")
             .Requires(Role.Admin).Idempotent().Audited(201).Problems(400, 409, 413, 415, 503, 507);
-        // The hottest read resolves nothing per request: the daemon's singletons are taken from the root provider once, so
-        // no request scope is made for it.
-        var root = app.ServiceProvider;
-        DomainService? domains = null;
-        TimeProvider? clock = null;
         g.MapGet("/{id}", (string id, HttpContext http) => GetDomain(id, http, domains ??= root.GetRequiredService<DomainService>(), clock ??= root.GetRequiredService<TimeProvider>()))
             .WithName("GetDomain").WithSummary("A domain's definition and runtime state (id = name or UUID)")
             .Produces<DomainDto>().Requires(Role.Reader).Problems(404);
@@ -89,13 +95,12 @@ public static class DomainsApi
         var driverFilter = EnumText.ParseQuery<DriverKind>("driver", driver);
         var take = Paging.Limit(limit, limits);
         var from = Paging.Position("domains", after);
-        var list = svc.Registry.List();
-        list.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        var list = svc.Registry.Sorted();
         var start = 0;
         if (from is not null)
         {
             // The first name after the cursor's (names are unique; the cursor's domain may be gone by now).
-            int lo = 0, hi = list.Count;
+            int lo = 0, hi = list.Length;
             while (lo < hi)
             {
                 var mid = (lo + hi) >>> 1;
@@ -103,15 +108,16 @@ public static class DomainsApi
             }
             start = lo;
         }
-        var items = withStats ? new List<DomainDto>(Math.Min(take, list.Count - start)) : null;
-        var bodies = withStats ? null : new List<byte[]>(Math.Min(take, list.Count - start));
+        var items = withStats ? new List<DomainDto>(Math.Min(take, list.Length - start)) : null;
+        var bodies = withStats ? null : new List<byte[]>(Math.Min(take, list.Length - start));
         var now = time.GetUtcNow();
         string? next = null;
         string? last = null;
         var count = 0;
-        for (var i = start; i < list.Count; i++)
+        for (var i = start; i < list.Length; i++)
         {
             var d = list[i];
+            if (!d.Visible) continue;
             var v = d.View;
             if (stateFilter is { } s && v.Runtime.State != s) continue;
             if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;

@@ -9,6 +9,9 @@ public sealed class DomainRegistry
     private readonly object _lock = new();
     private readonly Dictionary<string, DomainObject> _byName = new(StringComparer.Ordinal);
     private readonly Dictionary<Guid, DomainObject> _byUuid = [];
+    // Every slot sorted by name, for lists; null once a slot is added or removed. _version counts those changes.
+    private DomainObject[]? _sorted;
+    private long _version;
 
     /// <summary>Looks up by name, then by UUID. Reserved-but-uncommitted domains are not found.</summary>
     public DomainObject? Find(string id)
@@ -34,6 +37,8 @@ public sealed class DomainRegistry
             if (_byName.Count >= limit) return false;
             _byName.Add(domain.Name, domain);
             _byUuid.Add(domain.Uuid, domain);
+            _sorted = null;
+            _version++;
             return true;
         }
     }
@@ -49,7 +54,33 @@ public sealed class DomainRegistry
         {
             if (_byName.TryGetValue(domain.Name, out var d) && ReferenceEquals(d, domain)) _byName.Remove(domain.Name);
             if (_byUuid.TryGetValue(domain.Uuid, out d) && ReferenceEquals(d, domain)) _byUuid.Remove(domain.Uuid);
+            _sorted = null;
+            _version++;
         }
+    }
+
+    /// <summary>
+    /// Every slot, reservations and removed domains included (check <see cref="DomainObject.Visible"/>), by name in
+    /// ordinal order. Shared and never changed: the list pages walk it without copying. It is made again after a define
+    /// or an undefine, sorted outside the lock.
+    /// </summary>
+    public DomainObject[] Sorted()
+    {
+        DomainObject[] all;
+        long version;
+        lock (_lock)
+        {
+            if (_sorted is { } cached) return cached;
+            all = new DomainObject[_byName.Count];
+            _byName.Values.CopyTo(all, 0);
+            version = _version;
+        }
+        Array.Sort(all, static (a, b) => string.CompareOrdinal(a.Name, b.Name));
+        lock (_lock)
+        {
+            if (_version == version) _sorted = all;
+        }
+        return all;
     }
 
     /// <summary>Copies out the visible domains; sorting and filtering happen outside the lock.</summary>
