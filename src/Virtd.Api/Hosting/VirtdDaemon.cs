@@ -63,19 +63,32 @@ public sealed class VirtdDaemon(
             services.GetRequiredService<Virtd.Core.Storage.VolumeService>().RemoveLeftovers();
             return 0;
         });
-        var (loaded, setAside) = Stage("definitions", domains.Load);
-        log.LogInformation("loaded {Count} definitions ({SetAside} set aside as corrupt)", loaded, setAside.Count);
+        // The journal is read while the definitions load and the drivers take their VMs back: neither needs the other.
         var journal = options.Jobs.Journal ? services.GetRequiredService<JobJournal>() : null;
-        var recovery = journal is null ? null : Stage("job journal", () => JobRecovery.Read(journal.Load()));
-
+        var reading = journal is null ? null : Task.Run(() => Stage("job journal", () => JobRecovery.Read(journal.Load())), cancellationToken);
         var sw = Stopwatch.StartNew();
-        var all = domains.Registry.List();
-        var lifecycle = services.GetRequiredService<DomainLifecycle>();
-        await Task.WhenAll(drivers.All.Select(d => d.InitializeAsync(all, lifecycle, cancellationToken))).ConfigureAwait(false);
+        try
+        {
+            var (loaded, setAside) = Stage("definitions", domains.Load);
+            log.LogInformation("loaded {Count} definitions ({SetAside} set aside as corrupt)", loaded, setAside.Count);
+            sw.Restart();
+            var all = domains.Registry.List();
+            var lifecycle = services.GetRequiredService<DomainLifecycle>();
+            await Task.WhenAll(drivers.All.Select(d => d.InitializeAsync(all, lifecycle, cancellationToken))).ConfigureAwait(false);
+        }
+        catch when (reading is not null)
+        {
+            await Task.WhenAny(reading).ConfigureAwait(false); // start-up fails: the read ends before it does
+            throw;
+        }
         log.LogInformation("stage drivers: {Ms:0.0} ms ({Drivers})", sw.Elapsed.TotalMilliseconds,
             string.Join(", ", drivers.All.Select(d => $"{d.Kind.ToString().ToLowerInvariant()}: {(d.Info.Available ? "available" : d.Info.Detail)}")));
 
-        if (journal is not null && recovery is not null) Stage("jobs", () => RecoverJobs(journal, recovery));
+        if (journal is not null && reading is not null)
+        {
+            var recovery = await reading.ConfigureAwait(false);
+            Stage("jobs", () => RecoverJobs(journal, recovery));
+        }
         Stage("workers", () => { scheduler.Start(); return 0; });
         domains.Autostart();
 
