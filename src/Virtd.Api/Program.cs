@@ -11,6 +11,7 @@ using Virtd.Api.Jobs;
 using Virtd.Api.Metrics;
 
 StartupClock.Mark("main");
+StartupGc.Begin();
 StopSignals.Honour();
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddVirtdCore(args);

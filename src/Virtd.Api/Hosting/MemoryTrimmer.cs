@@ -51,7 +51,6 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        if (!options.TrimAfterStart && options.TrimWhenIdle <= TimeSpan.Zero) return;
         var check = TimeSpan.FromTicks(Math.Clamp(options.TrimWhenIdle.Ticks / 4, TimeSpan.TicksPerSecond, TimeSpan.TicksPerSecond * 5));
         try
         {
@@ -65,9 +64,16 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             }
             catch (TaskCanceledException) when (!stoppingToken.IsCancellationRequested) { return; } // stopping before ready
             finally { status.Changed -= Changed; }
+            if (!options.TrimAfterStart && options.TrimWhenIdle <= TimeSpan.Zero)
+            {
+                StartupGc.End(); // no trim to take start-up's collections: they are not put off past ready
+                return;
+            }
             await Task.Delay(AfterStart, time, stoppingToken).ConfigureAwait(false);
             // Activity before this point is start-up's: only what comes after it makes a quiet spell worth a trim.
             var trimmedAt = idle.LastActivity;
+            // Start-up's collections were put off until now (StartupGc): the trim's own collection takes them.
+            StartupGc.End();
             if (options.TrimAfterStart) Trim("start");
             if (options.TrimWhenIdle <= TimeSpan.Zero) return;
             while (!stoppingToken.IsCancellationRequested && status.State == DaemonState.Ready)
