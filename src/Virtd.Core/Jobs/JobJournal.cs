@@ -179,7 +179,9 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
             catch (Exception e) { log.LogCritical(e, "job journal {File}: the writer failed; jobs are no longer journalled", Path); }
             finally
             {
-                // Whatever is left can no longer be written: its waiters hear so rather than hang.
+                // Whatever is left can no longer be written: its waiters hear so rather than hang, and so does
+                // whoever appends from now on (the channel refuses).
+                _pending.Writer.TryComplete();
                 while (_pending.Reader.TryRead(out var p)) p.Done?.TrySetException(new IOException("the job journal is closed"));
                 _stopped.TrySetResult();
             }

@@ -158,6 +158,21 @@ public sealed class JobJournalTests : IDisposable
     }
 
     [Fact]
+    public async Task AWriterThatFails_RefusesLaterAppends_InsteadOfLeavingThemWaiting()
+    {
+        // The start-up rewrite runs on the writer thread: if taking the snapshot fails there, start-up has gone on,
+        // and every later append must fail (503 journal-unavailable) rather than wait for a writer that is gone.
+        await using var journal = NewJournal();
+        journal.Load();
+        journal.Start(() => throw new InvalidOperationException("no snapshot"));
+
+        var append = journal.AppendAsync(Accepted(Guid.NewGuid(), "x", DateTimeOffset.UtcNow));
+
+        await Assert.ThrowsAsync<IOException>(() => append.WaitAsync(CoreHarness.Patience));
+        await Assert.ThrowsAsync<IOException>(() => journal.AppendAsync(Accepted(Guid.NewGuid(), "y", DateTimeOffset.UtcNow)).WaitAsync(CoreHarness.Patience));
+    }
+
+    [Fact]
     public async Task TheFirstWriteAfterAStart_KeepsOnlyWhatIsRetained_AndAGrowingJournalIsRewritten()
     {
         var now = DateTimeOffset.UtcNow;
