@@ -23,9 +23,11 @@ public class QemuAccessTests
         var console = await TestGuest.WaitForLineAsync(q, "guest", "virtd-test-guest: fetch done");
 
         Assert.True(console.Contains("virtd-test-guest: fetch: HTTP/1.1 401 Unauthorized", StringComparison.Ordinal), console);
-        Assert.Contains($"virtd-test-guest: fetching {url}", console);
-        Assert.Contains("virtd-test-guest: fetch: WWW-Authenticate: Bearer", console);
-        Assert.Contains("\"code\":\"unauthenticated\"", console);
+        Assert.True(console.Contains($"virtd-test-guest: fetching {url}", StringComparison.Ordinal), console);
+        // Not the line's prefix: the serial console log has been seen to double a byte of it ("virtd-tesst-guest: fetch:
+        // WWW-Authenticate: Bearer realm=..."), and the header is what this checks.
+        Assert.True(console.Contains(": WWW-Authenticate: Bearer", StringComparison.Ordinal), console);
+        Assert.True(console.Contains("\"code\":\"unauthenticated\"", StringComparison.Ordinal), console);
         Assert.DoesNotContain("\"items\"", console); // the list of domains never reached it
     }
 }
