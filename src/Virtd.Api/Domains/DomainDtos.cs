@@ -70,75 +70,77 @@ public sealed record DomainStatsDto(
 }
 
 /// <summary>
-/// A domain's body as <c>GET /domains/{id}</c> answers it while no job holds the domain, serialised once per view (a view
-/// is immutable and replaced on every change, so the bytes go with it and are collected with it).
+/// A domain's body as <c>GET /domains/{id}</c> and the list answer it. While no job holds the domain it is serialised
+/// once per view (a view is immutable and replaced on every change, so the bytes go with it and are collected with
+/// it); while one does, for the read, as it carries the job's age.
 /// </summary>
 public sealed class DomainBodies : IResult
 {
     private static readonly ConditionalWeakTable<DomainView, DomainBodies> Bodies = new();
     private static readonly JsonTypeInfo<DomainDto> Info = (JsonTypeInfo<DomainDto>)ApiJson.Options.GetTypeInfo(typeof(DomainDto));
 
-    private readonly byte[] _utf8;
+    private DomainBodies(byte[] utf8) => Utf8 = utf8;
 
-    private DomainBodies(byte[] utf8) => _utf8 = utf8;
+    internal byte[] Utf8 { get; }
 
-    /// <summary>The body of <paramref name="d"/> at view <paramref name="v"/>, with no current job.</summary>
-    public static DomainBodies Of(DomainObject d, DomainView v)
+    /// <summary>The body of <paramref name="d"/> at view <paramref name="v"/>; <paramref name="now"/> ages a holding job.</summary>
+    public static DomainBodies Of(DomainObject d, DomainView v, DateTimeOffset now)
     {
+        if (d.Gate.Holder().Holder is not null) return new DomainBodies(Serialize(DomainDto.From(d, v, now)));
         if (Bodies.TryGetValue(v, out var body)) return body;
-        body = new DomainBodies(JsonSerializer.SerializeToUtf8Bytes(DomainDto.From(d, v, default) with { CurrentJob = null }, Info));
+        body = new DomainBodies(Serialize(DomainDto.From(d, v, default) with { CurrentJob = null }));
         return Bodies.GetValue(v, _ => body);
     }
 
-    /// <summary>The JSON of <paramref name="d"/> at view <paramref name="v"/>: the cached body, or one made now while a job holds it.</summary>
-    public static byte[] Utf8Of(DomainObject d, DomainView v, DateTimeOffset now) =>
-        d.Gate.Holder().Holder is null ? Of(d, v)._utf8 : JsonSerializer.SerializeToUtf8Bytes(DomainDto.From(d, v, now), Info);
+    internal static byte[] Serialize(DomainDto dto) => JsonSerializer.SerializeToUtf8Bytes(dto, Info);
 
     public Task ExecuteAsync(HttpContext http)
     {
         http.Response.StatusCode = StatusCodes.Status200OK;
         http.Response.ContentType = "application/json; charset=utf-8";
-        http.Response.ContentLength = _utf8.Length;
-        return http.Response.Body.WriteAsync(_utf8).AsTask();
+        http.Response.ContentLength = Utf8.Length;
+        return http.Response.Body.WriteAsync(Utf8).AsTask();
     }
 }
 
 /// <summary>
-/// A page of <c>GET /domains</c> without stats, written as <see cref="DomainListDto"/> would be serialised: the envelope
-/// around the items' bodies, with its Content-Length.
+/// A page of <c>GET /domains</c>, written as <see cref="DomainListDto"/> would be serialised: the envelope around the
+/// items' bodies, with its Content-Length.
 /// </summary>
 public sealed class DomainListBody(List<byte[]> items, string? next) : IResult
 {
-    private static ReadOnlySpan<byte> CountName => "{\"count\":"u8;
-    private static ReadOnlySpan<byte> ItemsName => ",\"items\":["u8;
-    private static ReadOnlySpan<byte> NextName => "],\"next\":\""u8;
+    private static ReadOnlySpan<byte> Head => "{\"count\":"u8;
+    private static ReadOnlySpan<byte> ItemsOpen => ",\"items\":["u8;
+    private static ReadOnlySpan<byte> LastPageEnd => "]}"u8;
+    private static ReadOnlySpan<byte> NextOpen => "],\"next\":\""u8;
+    private static ReadOnlySpan<byte> NextEnd => "\"}"u8;
 
     public Task ExecuteAsync(HttpContext http)
     {
         Span<byte> count = stackalloc byte[11];
         items.Count.TryFormat(count, out var digits, provider: System.Globalization.CultureInfo.InvariantCulture);
         var cursor = next is null ? default : JsonEncodedText.Encode(next, ApiJson.Options.Encoder).EncodedUtf8Bytes;
-        long length = CountName.Length + digits + ItemsName.Length + Math.Max(0, items.Count - 1) + 2;
+        long length = Head.Length + digits + ItemsOpen.Length + Math.Max(0, items.Count - 1)
+                      + (next is null ? LastPageEnd.Length : NextOpen.Length + cursor.Length + NextEnd.Length);
         foreach (var item in items) length += item.Length;
-        if (next is not null) length += NextName.Length - 1 + cursor.Length + 1;
         http.Response.StatusCode = StatusCodes.Status200OK;
         http.Response.ContentType = "application/json; charset=utf-8";
         http.Response.ContentLength = length;
         var w = http.Response.BodyWriter;
-        w.Write(CountName);
+        w.Write(Head);
         w.Write(count[..digits]);
-        w.Write(ItemsName);
+        w.Write(ItemsOpen);
         for (var i = 0; i < items.Count; i++)
         {
             if (i > 0) w.Write(","u8);
             w.Write(items[i]);
         }
-        if (next is null) w.Write("]}"u8);
+        if (next is null) w.Write(LastPageEnd);
         else
         {
-            w.Write(NextName);
+            w.Write(NextOpen);
             w.Write(cursor);
-            w.Write("\"}"u8);
+            w.Write(NextEnd);
         }
         return w.FlushAsync().AsTask();
     }

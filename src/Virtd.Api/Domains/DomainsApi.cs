@@ -79,10 +79,11 @@ public static class DomainsApi
     }
 
     /// <summary>
-    /// A page of domains. Without stats, the items are the bodies single reads serve (<see cref="DomainBodies"/>, cached per
-    /// view), so a dashboard polling the list makes no objects per domain; with stats each item is made for the read.
+    /// A page of domains, written around its items' bodies (<see cref="DomainListBody"/>). Without stats they are the bodies
+    /// single reads serve (<see cref="DomainBodies"/>, cached per view), so a dashboard polling the list makes no objects per
+    /// domain; with stats each item is serialised for the read.
     /// </summary>
-    public static IResult ListDomains(string? state, string? driver, int? limit, string? after, string? include, HttpContext http,
+    public static DomainListBody ListDomains(string? state, string? driver, int? limit, string? after, string? include, HttpContext http,
         DomainService svc, LimitsOptions limits, TimeProvider time, DomainStatsCollector collector)
     {
         var withStats = include switch
@@ -108,12 +109,10 @@ public static class DomainsApi
             }
             start = lo;
         }
-        var items = withStats ? new List<DomainDto>(Math.Min(take, list.Length - start)) : null;
-        var bodies = withStats ? null : new List<byte[]>(Math.Min(take, list.Length - start));
+        var bodies = new List<byte[]>(Math.Min(take, list.Length - start));
         var now = time.GetUtcNow();
         string? next = null;
         string? last = null;
-        var count = 0;
         for (var i = start; i < list.Length; i++)
         {
             var d = list[i];
@@ -121,18 +120,18 @@ public static class DomainsApi
             var v = d.View;
             if (stateFilter is { } s && v.Runtime.State != s) continue;
             if (driverFilter is { } k && (v.Definition.Driver ?? DriverKind.Simulated) != k) continue;
-            if (count == take)
+            if (bodies.Count == take)
             {
                 next = Paging.Cursor("domains", last!);
                 Paging.Link(http, next);
                 break;
             }
-            if (items is not null) items.Add(DomainDto.From(d, v, now) with { Stats = DomainStatsDto.From(d, v, collector.Find(d.Uuid)) });
-            else bodies!.Add(DomainBodies.Utf8Of(d, v, now));
+            bodies.Add(withStats
+                ? DomainBodies.Serialize(DomainDto.From(d, v, now) with { Stats = DomainStatsDto.From(d, v, collector.Find(d.Uuid)) })
+                : DomainBodies.Of(d, v, now).Utf8);
             last = d.Name;
-            count++;
         }
-        return items is not null ? TypedResults.Ok(new DomainListDto(count, items, next)) : new DomainListBody(bodies!, next);
+        return new DomainListBody(bodies, next);
     }
 
     public static Ok<DomainStatsDto> GetStats(string id, DomainService svc, DomainStatsCollector collector)
@@ -146,12 +145,12 @@ public static class DomainsApi
     /// serialised once per change (<see cref="DomainBodies"/>) and written with its length; a held domain's body carries
     /// the job's age, so it is serialised for the read.
     /// </summary>
-    public static IResult GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)
+    public static DomainBodies GetDomain(string id, HttpContext http, DomainService svc, TimeProvider time)
     {
         var d = svc.Get(id);
         var v = d.View;
         http.Response.Headers.ETag = v.ETag;
-        return d.Gate.Holder().Holder is null ? DomainBodies.Of(d, v) : TypedResults.Ok(DomainDto.From(d, v, time.GetUtcNow()));
+        return DomainBodies.Of(d, v, time.GetUtcNow());
     }
 
     public static async Task<Created<DomainDto>> DefineDomainAsync(DomainDefinition definition, HttpContext http, DomainService svc, TimeProvider time, CancellationToken ct)
