@@ -15,13 +15,30 @@ public sealed class MemoryTrimmerTests : IAsyncDisposable
     private readonly IdleMonitor _idle;
     private readonly MemoryOptions _options = new() { TrimWhenIdle = Quiet };
     private readonly MemoryTrimmer _trimmer;
+    // The daemon's resident memory as the trimmer sees it: this process's own changes with every other test.
+    private long _resident = 40L << 20;
 
     public MemoryTrimmerTests()
     {
         _status = new DaemonStatus(_h.Time);
         _idle = new IdleMonitor(_h.Options, _h.Registry, _h.Scheduler, _status, new ApplicationLifetime(NullLogger<ApplicationLifetime>.Instance), _h.Time,
             NullLogger<IdleMonitor>.Instance);
-        _trimmer = new MemoryTrimmer(_options, _idle, _status, _h.Time, NullLogger<MemoryTrimmer>.Instance);
+        _trimmer = new MemoryTrimmer(_options, _idle, _status, _h.Time, NullLogger<MemoryTrimmer>.Instance)
+        {
+            ResidentBytes = () => Interlocked.Read(ref _resident),
+        };
+    }
+
+    private void Request()
+    {
+        _idle.RequestStarted();
+        _idle.RequestEnded();
+    }
+
+    /// <summary>Advances the clock <paramref name="checks"/> times by <see cref="MemoryTrimmer.BurstCheck"/>, each once the trimmer waits.</summary>
+    private async Task StepAsync(int checks)
+    {
+        for (var i = 0; i < checks; i++) await _h.AdvanceWhenArmedAsync(MemoryTrimmer.BurstCheck);
     }
 
     /// <summary>Advances the clock check by check (each once the trimmer waits on it) for <paramref name="span"/>.</summary>
@@ -58,10 +75,41 @@ public sealed class MemoryTrimmerTests : IAsyncDisposable
     }
 
     [Fact]
-    public async Task BothOff_ArmsNoTimerAndTrimsNothing()
+    public async Task ABurstThatGrewTheDaemon_IsTrimmedASecondAfterItsLastRequest_ASmallerOneWaitsForTheQuietSpell()
+    {
+        _status.SetReady();
+        await _trimmer.StartAsync(CancellationToken.None);
+        await _h.AdvanceWhenArmedAsync(MemoryTrimmer.AfterStart);
+        await CoreHarness.WaitUntilAsync(() => _trimmer.Trims == 1, "the start-up trim");
+
+        // Requests that grew the daemon by less than the bound: the next check finds them over, but no trim yet.
+        Request();
+        Interlocked.Add(ref _resident, (_options.TrimWhenGrownMiB - 6L) << 20);
+        await PassAsync(TimeSpan.FromSeconds(5)); // the check after a trim with no request since comes after 5 s
+        await StepAsync(8);
+        Assert.Equal(1, _trimmer.Trims);
+
+        // More requests take it past the bound: the trim waits for the burst to end, then comes a second later.
+        Request();
+        Interlocked.Add(ref _resident, 10L << 20);
+        await StepAsync(2);
+        Request();
+        await StepAsync(3);
+        Assert.Equal(1, _trimmer.Trims); // 750 ms after the last request
+        await StepAsync(1);
+        await CoreHarness.WaitUntilAsync(() => _trimmer.Trims == 2, "the trim a second after the burst");
+
+        // That quiet spell had its trim: its end brings none, and the bound counts from what the trim left.
+        await PassAsync(Quiet * 2);
+        Assert.Equal(2, _trimmer.Trims);
+    }
+
+    [Fact]
+    public async Task AllOff_ArmsNoTimerAndTrimsNothing()
     {
         _options.TrimAfterStart = false;
         _options.TrimWhenIdle = TimeSpan.Zero;
+        _options.TrimWhenGrownMiB = 0;
         StartupGc.Begin();
         _status.SetReady();
 

@@ -33,6 +33,8 @@ public sealed class VirtdApplication : WebApplicationFactory<Program>
             ["RunDirectory"] = RunDirectory,
             ["DefaultDriver"] = "simulated",
             ["Logging:LogLevel:Default"] = "Warning",
+            // The daemon shares the test process, whose resident memory grows with every other test: growth is not its own.
+            ["Memory:TrimWhenGrownMiB"] = "0",
         };
         if (settings is not null) foreach (var (k, v) in settings) _settings[k] = v;
     }

@@ -18,11 +18,21 @@ public sealed class MemoryOptions
     /// </summary>
     public TimeSpan TrimWhenIdle { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Once requests have made the daemon's resident memory this many MiB larger than the last trim left it, the
+    /// trim does not wait for <see cref="TrimWhenIdle"/>: it runs as soon as no request has started or ended for
+    /// <see cref="MemoryTrimmer.AfterBurst"/>. A burst of work then costs its memory only while it lasts. <c>0</c>
+    /// never trims for growth.
+    /// </summary>
+    public int TrimWhenGrownMiB { get; set; } = 16;
+
     public List<string> Validate()
     {
         var errors = new List<string>();
         if (TrimWhenIdle < TimeSpan.Zero || TimeSpan.FromDays(1) < TrimWhenIdle)
             errors.Add("Memory:TrimWhenIdle: must be between 00:00:00 (never) and 1.00:00:00");
+        if (TrimWhenGrownMiB is < 0 or > 1 << 20)
+            errors.Add("Memory:TrimWhenGrownMiB: must be between 0 (never) and 1048576");
         return errors;
     }
 }
@@ -35,8 +45,9 @@ public sealed class MemoryOptions
 /// <c>madvise(MADV_DONTNEED)</c> over the clean read-only file mappings (the binary's code and read-only data, shared
 /// libraries): their pages stay in the page cache, and a page touched again comes back by a minor fault. Mappings
 /// with a written page are left alone, so nothing but residency changes. Runs after start
-/// (<see cref="MemoryOptions.TrimAfterStart"/>) and after a quiet spell (<see cref="MemoryOptions.TrimWhenIdle"/>);
-/// a hosted service, awaited at stop.
+/// (<see cref="MemoryOptions.TrimAfterStart"/>), after a quiet spell (<see cref="MemoryOptions.TrimWhenIdle"/>), and
+/// a second after a burst of requests that grew the daemon (<see cref="MemoryOptions.TrimWhenGrownMiB"/>); a hosted
+/// service, awaited at stop.
 /// </summary>
 public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, DaemonStatus status, TimeProvider time, ILogger<MemoryTrimmer> log)
     : BackgroundService
@@ -44,10 +55,20 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
     /// <summary>How long after readiness the start-up trim runs: the first requests of a starting client go first.</summary>
     public static readonly TimeSpan AfterStart = TimeSpan.FromSeconds(1);
 
+    /// <summary>How long requests must have stopped before a trim for growth (<see cref="MemoryOptions.TrimWhenGrownMiB"/>).</summary>
+    public static readonly TimeSpan AfterBurst = TimeSpan.FromSeconds(1);
+
+    /// <summary>Time between checks while requests come (a quarter of <see cref="AfterBurst"/>): the trim follows a burst closely.</summary>
+    public static readonly TimeSpan BurstCheck = AfterBurst / 4;
+
     /// <summary>Trims done so far (for tests and the log).</summary>
     public int Trims => Volatile.Read(ref _trims);
 
+    /// <summary>The daemon's resident bytes (tests give their own).</summary>
+    public Func<long> ResidentBytes { get; init; } = static () => ProcessMemory.ResidentBytes() ?? 0;
+
     private int _trims;
+    private long _residentAfterTrim;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -64,7 +85,7 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             }
             catch (TaskCanceledException) when (!stoppingToken.IsCancellationRequested) { return; } // stopping before ready
             finally { status.Changed -= Changed; }
-            if (!options.TrimAfterStart && options.TrimWhenIdle <= TimeSpan.Zero)
+            if (!options.TrimAfterStart && options.TrimWhenIdle <= TimeSpan.Zero && options.TrimWhenGrownMiB == 0)
             {
                 StartupGc.End(); // no trim to take start-up's collections: they are not put off past ready
                 return;
@@ -75,14 +96,25 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             // Start-up's collections were put off until now (StartupGc): the trim's own collection takes them.
             StartupGc.End();
             if (options.TrimAfterStart) Trim("start");
-            if (options.TrimWhenIdle <= TimeSpan.Zero) return;
+            else _residentAfterTrim = ResidentBytes();
+            var idleTrims = options.TrimWhenIdle > TimeSpan.Zero;
+            var grown = (long)options.TrimWhenGrownMiB << 20;
+            if (!idleTrims && grown == 0) return;
             while (!stoppingToken.IsCancellationRequested && status.State == DaemonState.Ready)
             {
-                await Task.Delay(check, time, stoppingToken).ConfigureAwait(false);
+                // Checked often only while requests come after a trim, when a burst may be ending; a daemon nobody
+                // talks to wakes rarely.
+                var since = idle.LastActivity != trimmedAt;
+                await Task.Delay(since && grown > 0 ? BurstCheck : check, time, stoppingToken).ConfigureAwait(false);
                 var last = idle.LastActivity;
-                if (last == trimmedAt || idle.IdleFor < options.TrimWhenIdle) continue;
+                if (last == trimmedAt) continue;
+                var quiet = idle.IdleFor;
+                string why;
+                if (idleTrims && quiet >= options.TrimWhenIdle) why = "idle";
+                else if (grown > 0 && quiet >= AfterBurst && ResidentBytes() - _residentAfterTrim >= grown) why = "grown";
+                else continue;
                 trimmedAt = last;
-                Trim("idle");
+                Trim(why);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -93,11 +125,12 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
 
     private void Trim(string why)
     {
-        var before = ProcessMemory.ResidentBytes() ?? 0;
+        var before = ResidentBytes();
         var sw = Stopwatch.StartNew();
         var (mappings, advised) = ProcessMemory.Trim();
+        _residentAfterTrim = ResidentBytes();
         Interlocked.Increment(ref _trims);
         log.LogInformation("memory trim ({Why}): RSS {Before:0.0} → {After:0.0} MiB in {Ms:0.0} ms ({Mappings} clean file mappings, {Advised:0.0} MiB, advised)",
-            why, before / 1048576.0, (ProcessMemory.ResidentBytes() ?? 0) / 1048576.0, sw.Elapsed.TotalMilliseconds, mappings, advised / 1048576.0);
+            why, before / 1048576.0, _residentAfterTrim / 1048576.0, sw.Elapsed.TotalMilliseconds, mappings, advised / 1048576.0);
     }
 }

@@ -30,6 +30,8 @@ public sealed class KestrelVirtd : WebApplicationFactory<Program>
             ["RunDirectory"] = RunDirectory,
             ["DefaultDriver"] = "simulated",
             ["Logging:LogLevel:Default"] = "Warning",
+            // The daemon shares the test process, whose resident memory grows with the load the test makes: not its own.
+            ["Memory:TrimWhenGrownMiB"] = "0",
         };
         foreach (var (k, v) in settings) _settings[k] = v;
         UseKestrel(k => k.Listen(IPAddress.Loopback, 0));
