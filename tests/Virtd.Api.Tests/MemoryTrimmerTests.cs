@@ -6,7 +6,11 @@ using Virtd.Testing;
 
 namespace Virtd.Api.Tests;
 
-/// <summary>When the daemon gives memory back (on a manual clock), and what a trim does to a running .NET process.</summary>
+/// <summary>
+/// When the daemon gives memory back (on a manual clock), and what a trim does to a running .NET process. Run alone:
+/// start-up's no-GC region is the process's, and every in-process daemon of a test running meanwhile begins one.
+/// </summary>
+[Collection(MemoryTrimmerCollection.Name)]
 public sealed class MemoryTrimmerTests : IAsyncDisposable
 {
     private static readonly TimeSpan Quiet = TimeSpan.FromSeconds(30);
@@ -209,4 +213,10 @@ public sealed class MemoryTrimmerTests : IAsyncDisposable
         _trimmer.Dispose();
         await _h.DisposeAsync();
     }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class MemoryTrimmerCollection
+{
+    public const string Name = "memory trimmer";
 }
