@@ -63,9 +63,17 @@ public sealed class VirtdDaemon(
             services.GetRequiredService<Virtd.Core.Storage.VolumeService>().RemoveLeftovers();
             return 0;
         });
-        // The journal is read while the definitions load and the drivers take their VMs back: neither needs the other.
+        // The journal was read while the host was built (JournalPreload); what is left of its stage runs while the
+        // definitions load and the drivers take their VMs back: neither needs the other.
         var journal = options.Jobs.Journal ? services.GetRequiredService<JobJournal>() : null;
-        var reading = journal is null ? null : Task.Run(() => Stage("job journal", () => JobRecovery.Read(journal.Load())), cancellationToken);
+        var preload = services.GetRequiredService<JournalPreload>();
+        var reading = journal is null ? null : Task.Run(async () =>
+        {
+            var sw = Stopwatch.StartNew();
+            var recovery = await preload.RecoverAsync(journal).ConfigureAwait(false);
+            log.LogInformation("stage {Stage}: {Ms:0.0} ms", "job journal", sw.Elapsed.TotalMilliseconds);
+            return recovery;
+        }, cancellationToken);
         var sw = Stopwatch.StartNew();
         try
         {

@@ -23,6 +23,8 @@ public static class VirtdHostingExtensions
         // Every key works as VIRTD_Key (sections with __) and as --Key value; the command line wins.
         builder.Configuration.AddEnvironmentVariables("VIRTD_");
         builder.Configuration.AddCommandLine(args);
+        // From here the configuration names the state directory: its job journal is read while the host is built.
+        var preload = JournalPreload.Begin(builder.Configuration);
 
         var s = builder.Services;
         s.AddSingleton(TimeProvider.System);
@@ -35,6 +37,7 @@ public static class VirtdHostingExtensions
         s.AddSingleton<DomainRegistry>();
         s.AddSingleton<JobStore>();
         s.AddSingleton<IdempotencyKeys>();
+        s.AddSingleton(_ => preload); // by a factory: the container disposes it, and so waits for the read
         s.AddSingleton(sp => new JobJournal(Path.Combine(sp.GetRequiredService<VirtdOptions>().StateDirectory, "jobs"), sp.GetRequiredService<ILogger<JobJournal>>()));
         s.AddSingleton(sp => new JobScheduler(sp.GetRequiredService<JobsOptions>(), sp.GetRequiredService<EventBus>(), sp.GetRequiredService<JobStore>(),
             sp.GetRequiredService<DomainLifecycle>(), sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<ILogger<JobScheduler>>(),

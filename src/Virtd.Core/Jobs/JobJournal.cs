@@ -54,6 +54,12 @@ public sealed record JournalRecord
 public sealed record JournalContents(IReadOnlyList<JournalRecord> Records, int Torn, int Unreadable);
 
 /// <summary>
+/// The journal as <see cref="JobJournal.Read"/> found it: <see cref="Length"/> bytes (-1: no file), of which the
+/// first <see cref="Good"/> hold whole records; the offsets of unreadable lines skipped.
+/// </summary>
+public sealed record JournalRead(string Path, long Length, long Good, IReadOnlyList<JournalRecord> Records, int Torn, IReadOnlyList<long> Unreadable);
+
+/// <summary>
 /// <c>&lt;StateDirectory&gt;/jobs/journal</c>: an append-only file of JSON lines. One writer loop owns the file: it
 /// takes every record waiting, writes them, and makes them durable with one fsync (group commit), so many jobs
 /// share one. A record counts only with its newline: a torn last line (the daemon died mid-write) is cut off at
@@ -91,14 +97,38 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
 
     /// <summary>
     /// Reads the journal. A torn or unreadable last line is cut off the file, so the next record starts on a line of
-    /// its own; an unreadable line elsewhere is skipped and logged. Lines are parsed in parallel (a restart after a
-    /// long run reads a large file), then taken in order.
+    /// its own; an unreadable line elsewhere is skipped and logged. <paramref name="read"/> is what
+    /// <see cref="Read"/> found earlier (start-up reads the file while the host is built): used when the file is still
+    /// as long as it was then, else the file is read again.
     /// </summary>
-    public JournalContents Load()
+    public JournalContents Load(JournalRead? read = null)
     {
         Directory.CreateDirectory(directory);
-        if (!File.Exists(Path)) return new JournalContents([], 0, 0);
-        var bytes = File.ReadAllBytes(Path);
+        if (read is null || read.Path != Path || read.Length != (File.Exists(Path) ? new FileInfo(Path).Length : -1))
+            read = Read(directory);
+        foreach (var offset in read.Unreadable)
+            log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, offset);
+        if (read.Good < read.Length)
+        {
+            using var f = new FileStream(Path, FileMode.Open, FileAccess.Write);
+            f.SetLength(read.Good);
+            f.Flush(flushToDisk: true);
+            log.LogWarning("job journal {File}: a torn last record ({Bytes} bytes) cut off", Path, read.Length - read.Good);
+        }
+        return new JournalContents(read.Records, read.Torn, read.Unreadable.Count);
+    }
+
+    /// <summary>
+    /// Reads and parses the journal in <paramref name="directory"/> and changes nothing (<see cref="Load"/> does what
+    /// the reading calls for). Lines are parsed in parallel (a restart after a long run reads a large file), then
+    /// taken in order.
+    /// </summary>
+    public static JournalRead Read(string directory)
+    {
+        var path = System.IO.Path.Combine(directory, FileName);
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { return new JournalRead(path, -1, -1, [], 0, []); }
         var lines = new List<(int Start, int Length)>(Math.Max(16, bytes.Length / 120));
         var start = 0;
         var torn = 0;
@@ -120,8 +150,8 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
             return n;
         }, _ => { });
         var records = new List<JournalRecord>(lines.Count);
+        var unreadable = new List<long>();
         var good = 0;
-        var unreadable = 0;
         for (var i = 0; i < lines.Count; i++)
         {
             var end = lines[i].Start + lines[i].Length + 1;
@@ -136,19 +166,11 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
             }
             else
             {
-                unreadable++;
+                unreadable.Add(lines[i].Start);
                 good = end;
-                log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, lines[i].Start);
             }
         }
-        if (good < bytes.Length)
-        {
-            using var f = new FileStream(Path, FileMode.Open, FileAccess.Write);
-            f.SetLength(good);
-            f.Flush(flushToDisk: true);
-            log.LogWarning("job journal {File}: a torn last record ({Bytes} bytes) cut off", Path, bytes.Length - good);
-        }
-        return new JournalContents(records, torn, unreadable);
+        return new JournalRead(path, bytes.Length, good, records, torn, unreadable);
     }
 
     private static JournalRecord? Parse(ReadOnlySpan<byte> line)
