@@ -21,8 +21,8 @@ public sealed class MemoryOptions
     /// <summary>
     /// Once requests have made the daemon's resident memory this many MiB larger than the last trim left it, the
     /// trim does not wait for <see cref="TrimWhenIdle"/>: it runs as soon as no request has started or ended for
-    /// <see cref="MemoryTrimmer.AfterBurst"/>. A burst of work then costs its memory only while it lasts. <c>0</c>
-    /// never trims for growth.
+    /// <see cref="MemoryTrimmer.AfterBurst"/>. A burst of work then costs its memory only while it lasts. The idle
+    /// trim still follows the quiet spell. <c>0</c> never trims for growth.
     /// </summary>
     public int TrimWhenGrownMiB { get; set; } = 16;
 
@@ -100,21 +100,26 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             var idleTrims = options.TrimWhenIdle > TimeSpan.Zero;
             var grown = (long)options.TrimWhenGrownMiB << 20;
             if (!idleTrims && grown == 0) return;
+            // The activity whose burst was looked at for growth once it had ended: a burst is looked at once.
+            var settled = trimmedAt;
             while (!stoppingToken.IsCancellationRequested && status.State == DaemonState.Ready)
             {
-                // Checked often only while requests come after a trim, when a burst may be ending; a daemon nobody
-                // talks to wakes rarely.
-                var since = idle.LastActivity != trimmedAt;
-                await Task.Delay(since && grown > 0 ? BurstCheck : check, time, stoppingToken).ConfigureAwait(false);
+                // Checked often only while a burst that has not been looked at may be ending; a daemon nobody talks to
+                // wakes rarely, so a burst shorter than a check interval is looked at by the next one.
+                var fast = grown > 0 && idle.LastActivity != settled;
+                await Task.Delay(fast ? BurstCheck : check, time, stoppingToken).ConfigureAwait(false);
                 var last = idle.LastActivity;
-                if (last == trimmedAt) continue;
                 var quiet = idle.IdleFor;
-                string why;
-                if (idleTrims && quiet >= options.TrimWhenIdle) why = "idle";
-                else if (grown > 0 && quiet >= AfterBurst && ResidentBytes() - _residentAfterTrim >= grown) why = "grown";
-                else continue;
-                trimmedAt = last;
-                Trim(why);
+                if (idleTrims && last != trimmedAt && quiet >= options.TrimWhenIdle)
+                {
+                    trimmedAt = settled = last;
+                    Trim("idle");
+                }
+                else if (grown > 0 && last != settled && quiet >= AfterBurst)
+                {
+                    settled = last;
+                    if (ResidentBytes() - _residentAfterTrim >= grown) Trim("grown");
+                }
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
