@@ -31,7 +31,7 @@ public sealed class JournalPreload : IAsyncDisposable
             preload._reading = Task.Run(() =>
             {
                 var read = JobJournal.Read(directory);
-                return (read, JobRecovery.Read(new JournalContents(read.Records, read.Torn, read.Unreadable.Count)));
+                return (read, JobRecovery.Read(read.Contents));
             });
         }
         return preload;
@@ -48,10 +48,11 @@ public sealed class JournalPreload : IAsyncDisposable
         if (reading is not null)
         {
             try { early = await reading.ConfigureAwait(false); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { } // read again below, where it fails as it would have
+            catch (Exception x) when (x is IOException or UnauthorizedAccessException) { } // read again below, where it fails as it would have
         }
         var contents = journal.Load(early?.Read);
-        return early is { } e2 && ReferenceEquals(contents.Records, e2.Read.Records) ? e2.Recovery : JobRecovery.Read(contents);
+        // Load hands back the early reading's records when it used them, and a new reading's otherwise.
+        return early is { } e && ReferenceEquals(contents.Records, e.Read.Records) ? e.Recovery : JobRecovery.Read(contents);
     }
 
     public async ValueTask DisposeAsync()

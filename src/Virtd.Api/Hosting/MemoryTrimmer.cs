@@ -73,6 +73,8 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var check = TimeSpan.FromTicks(Math.Clamp(options.TrimWhenIdle.Ticks / 4, TimeSpan.TicksPerSecond, TimeSpan.TicksPerSecond * 5));
+        var idleTrims = options.TrimWhenIdle > TimeSpan.Zero;
+        var grown = (long)options.TrimWhenGrownMiB << 20;
         try
         {
             var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -85,7 +87,7 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             }
             catch (TaskCanceledException) when (!stoppingToken.IsCancellationRequested) { return; } // stopping before ready
             finally { status.Changed -= Changed; }
-            if (!options.TrimAfterStart && options.TrimWhenIdle <= TimeSpan.Zero && options.TrimWhenGrownMiB == 0)
+            if (!options.TrimAfterStart && !idleTrims && grown == 0)
             {
                 StartupGc.End(); // no trim to take start-up's collections: they are not put off past ready
                 return;
@@ -97,8 +99,6 @@ public sealed class MemoryTrimmer(MemoryOptions options, IdleMonitor idle, Daemo
             StartupGc.End();
             if (options.TrimAfterStart) Trim("start");
             else _residentAfterTrim = ResidentBytes();
-            var idleTrims = options.TrimWhenIdle > TimeSpan.Zero;
-            var grown = (long)options.TrimWhenGrownMiB << 20;
             if (!idleTrims && grown == 0) return;
             // The activity whose burst was looked at for growth once it had ended: a burst is looked at once.
             var settled = trimmedAt;

@@ -67,13 +67,7 @@ public sealed class VirtdDaemon(
         // definitions load and the drivers take their VMs back: neither needs the other.
         var journal = options.Jobs.Journal ? services.GetRequiredService<JobJournal>() : null;
         var preload = services.GetRequiredService<JournalPreload>();
-        var reading = journal is null ? null : Task.Run(async () =>
-        {
-            var sw = Stopwatch.StartNew();
-            var recovery = await preload.RecoverAsync(journal).ConfigureAwait(false);
-            log.LogInformation("stage {Stage}: {Ms:0.0} ms", "job journal", sw.Elapsed.TotalMilliseconds);
-            return recovery;
-        }, cancellationToken);
+        var reading = journal is null ? null : Task.Run(() => StageAsync("job journal", () => preload.RecoverAsync(journal)), cancellationToken);
         var sw = Stopwatch.StartNew();
         try
         {
@@ -281,6 +275,14 @@ public sealed class VirtdDaemon(
     {
         var sw = Stopwatch.StartNew();
         var result = action();
+        log.LogInformation("stage {Stage}: {Ms:0.0} ms", name, sw.Elapsed.TotalMilliseconds);
+        return result;
+    }
+
+    private async Task<T> StageAsync<T>(string name, Func<Task<T>> action)
+    {
+        var sw = Stopwatch.StartNew();
+        var result = await action().ConfigureAwait(false);
         log.LogInformation("stage {Stage}: {Ms:0.0} ms", name, sw.Elapsed.TotalMilliseconds);
         return result;
     }

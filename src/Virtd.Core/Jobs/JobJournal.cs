@@ -57,7 +57,10 @@ public sealed record JournalContents(IReadOnlyList<JournalRecord> Records, int T
 /// The journal as <see cref="JobJournal.Read"/> found it: <see cref="Length"/> bytes (-1: no file), of which the
 /// first <see cref="Good"/> hold whole records; the offsets of unreadable lines skipped.
 /// </summary>
-public sealed record JournalRead(string Path, long Length, long Good, IReadOnlyList<JournalRecord> Records, int Torn, IReadOnlyList<long> Unreadable);
+public sealed record JournalRead(string Path, long Length, long Good, IReadOnlyList<JournalRecord> Records, int Torn, IReadOnlyList<long> Unreadable)
+{
+    public JournalContents Contents => new(Records, Torn, Unreadable.Count);
+}
 
 /// <summary>
 /// <c>&lt;StateDirectory&gt;/jobs/journal</c>: an append-only file of JSON lines. One writer loop owns the file: it
@@ -104,8 +107,8 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
     public JournalContents Load(JournalRead? read = null)
     {
         Directory.CreateDirectory(directory);
-        if (read is null || read.Path != Path || read.Length != (File.Exists(Path) ? new FileInfo(Path).Length : -1))
-            read = Read(directory);
+        var file = new FileInfo(Path);
+        if (read is null || read.Path != Path || read.Length != (file.Exists ? file.Length : -1)) read = Read(directory);
         foreach (var offset in read.Unreadable)
             log.LogWarning("job journal {File}: an unreadable record at byte {Offset} skipped", Path, offset);
         if (read.Good < read.Length)
@@ -115,7 +118,7 @@ public sealed class JobJournal(string directory, ILogger<JobJournal> log) : IAsy
             f.Flush(flushToDisk: true);
             log.LogWarning("job journal {File}: a torn last record ({Bytes} bytes) cut off", Path, read.Length - read.Good);
         }
-        return new JournalContents(read.Records, read.Torn, read.Unreadable.Count);
+        return read.Contents;
     }
 
     /// <summary>
