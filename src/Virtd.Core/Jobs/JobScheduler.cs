@@ -185,9 +185,8 @@ public sealed class JobScheduler : IAsyncDisposable
             foreach (var s in superseded) Finish(s, JobState.Queued, JobState.Superseded, null, SupersededError(s, job));
             if (holder is Job running && (!running.Priority || Overtakes(job, running)))
             {
-                if (running.State == JobState.Queued && Finish(running, JobState.Queued, JobState.Superseded, null, SupersededError(running, job)))
-                    ReleaseGate(running);
-                else
+                if (running.State != JobState.Queued
+                    || !Finish(running, JobState.Queued, JobState.Superseded, null, SupersededError(running, job), holdsGate: true))
                     running.CancelRunning($"superseded by destroy job {job.Id}", job.Id);
             }
             job.Command.Admitted(job, _lifecycle);
@@ -256,11 +255,8 @@ public sealed class JobScheduler : IAsyncDisposable
         if (job.State == JobState.Queued)
         {
             var inQueue = job.Domain.Gate.TryRemove(job);
-            if (Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError(reason)))
-            {
-                if (!inQueue) ReleaseGate(job); // it held the gate, waiting for a worker
-                return true;
-            }
+            // Not in the queue: it held the gate, waiting for a worker.
+            if (Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError(reason), holdsGate: !inQueue)) return true;
         }
         if (job.State == JobState.Running)
         {
@@ -332,7 +328,7 @@ public sealed class JobScheduler : IAsyncDisposable
         if (!channel.Writer.TryWrite(job))
         {
             // Shutting down: nothing will run it.
-            if (Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError("daemon shutting down"))) ReleaseGate(job);
+            Finish(job, JobState.Queued, JobState.Cancelled, null, CancelledError("daemon shutting down"), holdsGate: true);
         }
     }
 
@@ -435,8 +431,7 @@ public sealed class JobScheduler : IAsyncDisposable
             activity.SetTag("virtd.job.outcome", VirtdMetrics.Text(final));
             if (error is not null) activity.SetStatus(ActivityStatusCode.Error, error.Code);
         }
-        Finish(job, JobState.Running, final, result, error);
-        ReleaseGate(job);
+        if (!Finish(job, JobState.Running, final, result, error, holdsGate: true)) ReleaseGate(job);
     }
 
     private (JobState, JobError) CancelledOutcome(Job job)
@@ -446,8 +441,12 @@ public sealed class JobScheduler : IAsyncDisposable
         return (JobState.Cancelled, CancelledError(job.CancelReason ?? (_stopping.IsCancellationRequested ? "daemon shutting down" : "cancelled")));
     }
 
-    /// <summary>Moves a job into a final state exactly once, records it and publishes <c>job.finished</c>.</summary>
-    private bool Finish(Job job, JobState from, JobState to, JobResult? result, JobError? error)
+    /// <summary>
+    /// Moves a job into a final state exactly once, records it and publishes <c>job.finished</c>. A job that
+    /// <paramref name="holdsGate"/> hands it on before its waiters wake: a client whose <c>?wait=</c> answered never
+    /// finds the finished job still holding its domain.
+    /// </summary>
+    private bool Finish(Job job, JobState from, JobState to, JobResult? result, JobError? error, bool holdsGate = false)
     {
         if (!job.TryFinish(from, to, result, error, _time.GetUtcNow())) return false;
         _counts.Finished(from);
@@ -455,6 +454,7 @@ public sealed class JobScheduler : IAsyncDisposable
         _journal?.Append(JournalRecord.Finished(job));
         PublishJob(EventTypes.JobFinished, job);
         _store.MarkFinished(job);
+        if (holdsGate) ReleaseGate(job);
         job.Complete();
         return true;
     }
